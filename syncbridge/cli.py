@@ -1,0 +1,207 @@
+"""The command line: ``serve`` (the default) and ``token``.
+
+Every serve option is generated from :class:`syncbridge.settings.Settings`, so
+``--help`` always lists each setting with its environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from syncbridge import __version__
+from syncbridge.app import SyncBridgeApp
+from syncbridge.auth import TokenAuthority
+from syncbridge.errors import ConfigError
+from syncbridge.logs import configure_logging
+from syncbridge.server import ServerInfo, serve
+from syncbridge.settings import Settings, iter_options, load_settings, parse_duration
+
+__all__ = ["main"]
+
+log = logging.getLogger("syncbridge")
+
+_COMMANDS = ("serve", "token")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "settings", "each flag overrides its environment variable, which overrides the TOML file"
+    )
+    for option in iter_options():
+        meta = option.metadata
+        default = option.default
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        env_note = f"[env {meta['env']}; default {shown!r}]"
+        if not meta["flag"]:
+            # Secrets are never taken from flags: they would show in `ps`.
+            group.add_argument(
+                f"--{option.name.replace('_', '-')}",
+                dest=option.name,
+                help=f"{meta['help']} [env {meta['env']} only: not settable by flag]",
+                action=_RefuseSecretFlag,
+                nargs=0,
+            )
+            continue
+        flag = "--addr" if option.name == "addr" else f"--{option.name.replace('_', '-')}"
+        group.add_argument(
+            flag, dest=option.name, metavar="VALUE", help=f"{meta['help']} {env_note}"
+        )
+
+
+class _RefuseSecretFlag(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kw: Any) -> None:
+        parser.error(
+            f"{self.option_strings[0]} cannot be given as a flag; set it in the environment"
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m syncbridge",
+        description="SyncBridge real-time session-state server (HarmonyFlow v1 compatible).",
+        epilog="Commands: serve (default), token. `python -m syncbridge token --help` for tokens.",
+    )
+    parser.add_argument("--version", action="version", version=f"syncbridge {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    serve_p = sub.add_parser(
+        "serve",
+        help="run the server (the default command)",
+        description="Run the SyncBridge server (the default command). Other commands: "
+        "token (mint a token; see `python -m syncbridge token --help`).",
+    )
+    serve_p.add_argument(
+        "--config", metavar="FILE", help="TOML settings file [env SYNCBRIDGE_CONFIG]"
+    )
+    _add_setting_flags(serve_p)
+
+    token_p = sub.add_parser(
+        "token",
+        help="print a token signed with JWT_SECRET",
+        description="Print an HS256 token for the configured JWT_SECRET (from the environment "
+        "or --config), for websocat and other hand-driven clients.",
+    )
+    token_p.add_argument("--user", required=True, help="user_id claim")
+    token_p.add_argument("--device", required=True, help="device_id claim")
+    token_p.add_argument("--session", required=True, help="session_id claim")
+    token_p.add_argument("--ttl", default="15m", help="lifetime, e.g. 90s, 15m, 2h (default 15m)")
+    token_p.add_argument(
+        "--role", action="append", default=[], help="a role claim; repeat for several (e.g. admin)"
+    )
+    token_p.add_argument("--email", help="email claim")
+    token_p.add_argument("--config", metavar="FILE", help="TOML settings file")
+    return parser
+
+
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    overrides = {o.name: getattr(args, o.name, None) for o in iter_options()}
+    return load_settings(overrides=overrides, config_file=args.config)
+
+
+def _banner(settings: Settings, app: SyncBridgeApp, info: ServerInfo) -> str:
+    host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+    ws = f"ws://{host}:{info.ws_url.rsplit(':', 1)[1]}"
+    http = ws.replace("ws://", "http://", 1).removesuffix("/ws")
+    lines = [
+        f"SyncBridge {__version__} is serving (store: {app.store.name}"
+        + (", state is lost when the process exits)" if app.store.name == "memory" else ")"),
+        f"  WebSocket  {ws}",
+        f"  Health     {http}/health",
+    ]
+    if settings.secret_is_ephemeral:
+        authority = TokenAuthority(settings.jwt_secret)
+        token, _ = authority.mint(
+            user_id="demo-user",
+            device_id="demo-device",
+            session_id="demo",
+            ttl=3600,
+            now=time.time(),
+        )
+        lines += [
+            "  Token      JWT_SECRET is not set, so tokens from elsewhere will not work.",
+            "             A try-out token (user demo-user, device demo-device, session demo, 1 h):",
+            f"             {token}",
+            "             For real use: export JWT_SECRET=<32+ random bytes> and mint with",
+            "             python -m syncbridge token --user U --device D --session S",
+        ]
+    else:
+        lines.append(
+            "  Token      python -m syncbridge token --user U --device D --session S  "
+            "(same JWT_SECRET)"
+        )
+    lines.append("  Try        websocat " + ws + '  then send {"type":7,"payload":{"token":"..."}}')
+    return "\n".join(lines)
+
+
+async def _run_server(settings: Settings) -> None:
+    app = SyncBridgeApp(settings)
+    async with trio.open_nursery() as nursery:
+        info: ServerInfo = await nursery.start(serve, app)
+        print(_banner(settings, app, info), flush=True)
+        log.info("listening on %s", ", ".join(info.binds))
+    log.info("stopped")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _serve_settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.secret_is_ephemeral:
+        log.warning(
+            "JWT_SECRET is not set: using a random secret for this process only; "
+            "set JWT_SECRET (>= 32 bytes) for tokens that survive a restart"
+        )
+    elif settings.jwt_allow_weak_secret and len(settings.jwt_secret.encode()) < 32:
+        log.warning("JWT_SECRET is shorter than 32 bytes; accepted because JWT_ALLOW_WEAK_SECRET=1")
+    try:
+        trio.run(_run_server, settings)
+    except KeyboardInterrupt:
+        log.info("interrupted")
+        return 130
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    settings = load_settings(config_file=args.config)
+    if settings.secret_is_ephemeral:
+        raise ConfigError(
+            "JWT_SECRET is not set: a token signed with a random secret would be accepted nowhere"
+        )
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as exc:
+        raise ConfigError(f"--ttl: {exc}") from None
+    token, _ = TokenAuthority(settings.jwt_secret).mint(
+        user_id=args.user,
+        device_id=args.device,
+        session_id=args.session,
+        roles=tuple(args.role),
+        email=args.email,
+        ttl=ttl,
+        now=time.time(),
+    )
+    print(token)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m syncbridge`` and the ``syncbridge`` script."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    # Anything that is not another command is the serve command, so that plain
+    # `--help` documents every server option.
+    if not args_in or args_in[0] not in (*_COMMANDS, "--version"):
+        args_in.insert(0, "serve")
+    args = _parser().parse_args(args_in)
+    try:
+        if args.command == "token":
+            return _token(args)
+        return _serve(args)
+    except ConfigError as exc:
+        print(f"syncbridge: {exc}", file=sys.stderr)
+        return 2

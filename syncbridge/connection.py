@@ -1,0 +1,225 @@
+"""One WebSocket connection: a nursery of reader, writer and watchdog tasks.
+
+::
+
+    Connection.run ── nursery
+        ├─ _read_loop   ASGI receive → rate limit → decode → SessionService.handle
+        ├─ _write_loop  outbox (bounded channel) → ASGI send; the only sender of frames
+        └─ _watch       liveness, auth deadline and token expiry → close code
+
+When any task ends, the nursery's cancel scope ends the others. Clean-up
+(unsubscribe, DeviceLeft, close frame) runs in ``finally`` under a shielded,
+bounded scope, so it happens however the connection ended.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from syncbridge.auth import Claims
+from syncbridge.errors import CloseCode, RateLimited, RequestError
+from syncbridge.hub import Outbox
+from syncbridge.protocol.codec import decode, encode, error_payload
+from syncbridge.protocol.messages import MessageType
+from syncbridge.protocol.session import TokenBucket
+from syncbridge.service import SessionService
+from syncbridge.settings import Settings
+
+__all__ = ["Connection"]
+
+log = logging.getLogger(__name__)
+
+ASGIReceive = Callable[[], Awaitable[dict[str, Any]]]
+ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
+
+_MAX_REASON_BYTES = 123  # RFC 6455 §5.5: control frame payload <= 125, 2 for the code
+
+
+class Connection:
+    """An accepted WebSocket and everything it owns."""
+
+    def __init__(
+        self,
+        *,
+        key: int,
+        service: SessionService,
+        settings: Settings,
+        receive: ASGIReceive,
+        send: ASGISend,
+        client: str,
+    ) -> None:
+        self.key = key
+        self.claims: Claims | None = None
+        self.device_type: str | None = None
+        self.device_name: str | None = None
+        self.client = client
+        self.close_code: CloseCode | None = None
+        self.close_reason = ""
+        self.peer_close_code: int | None = None
+        self._service = service
+        self._settings = settings
+        self._receive = receive
+        self._send = send
+        self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
+        self._refused_in_a_row = 0
+        self._opened_at = trio.current_time()
+        self.last_seen = self._opened_at
+        self._scope = trio.CancelScope()
+        send_channel, self._outbox_receive = trio.open_memory_channel[str](settings.outbox_size)
+        self.outbox = Outbox(
+            send_channel,
+            on_slow=lambda: self.close(CloseCode.SLOW_CONSUMER, "slow consumer: resync by version"),
+            label=f"connection {key}",
+        )
+        self._outbox_send = send_channel
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """End the connection with ``code``; the first close code given wins."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+        self._scope.cancel()
+
+    async def run(self) -> None:
+        """Serve the socket until either side closes it."""
+        log.info("connection %d open from %s", self.key, self.client)
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._until_done, self._read_loop)
+                    nursery.start_soon(self._until_done, self._write_loop)
+                    nursery.start_soon(self._until_done, self._watch)
+        finally:
+            with trio.move_on_after(self._settings.cleanup_timeout, shield=True):
+                await self._clean_up()
+
+    async def _until_done(self, task: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await task()
+        except Exception:
+            log.exception("connection %d: internal error", self.key)
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._scope.cancel()
+
+    async def _clean_up(self) -> None:
+        self._outbox_send.close()
+        try:
+            await self._service.disconnect(self)
+        finally:
+            if self.peer_close_code is None:
+                code = self.close_code or CloseCode.NORMAL
+                reason = self.close_reason.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
+                await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
+            claims = self.claims
+            log.info(
+                "connection %d closed: code=%s reason=%r by=%s session=%s device=%s",
+                self.key,
+                self.close_code.value if self.close_code else self.peer_close_code,
+                self.close_reason,
+                "client"
+                if self.peer_close_code is not None and self.close_code is None
+                else "server",
+                claims.session_id if claims else "-",
+                claims.device_id if claims else "-",
+            )
+
+    async def _read_loop(self) -> None:
+        max_bytes = self._settings.max_message_bytes
+        while True:
+            event = await self._receive()
+            kind = event["type"]
+            if kind == "websocket.disconnect":
+                self.peer_close_code = int(event.get("code", 1005))
+                return
+            if kind != "websocket.receive":
+                continue
+            self.last_seen = trio.current_time()
+            text = event.get("text")
+            data: str | bytes = text if text is not None else (event.get("bytes") or b"")
+            # hypercorn bounds messages in characters; the limit is in bytes.
+            if (
+                len(data) * 4 > max_bytes
+                and len(data.encode() if isinstance(data, str) else data) > max_bytes
+            ):
+                self.close(CloseCode.MESSAGE_TOO_BIG, f"message over {max_bytes} bytes")
+                return
+            await self._on_frame(data)
+
+    async def _on_frame(self, data: str | bytes) -> None:
+        if not self._bucket.allow(trio.current_time()):
+            self._refused_in_a_row += 1
+            if self._refused_in_a_row >= self._settings.rate_burst:
+                self.close(CloseCode.FLOODING, "message rate limit exceeded persistently")
+                return
+            cid = None
+            try:
+                cid = decode(data).correlation_id
+            except RequestError as exc:
+                cid = exc.correlation_id
+            await self._answer(
+                RateLimited(
+                    f"more than {self._settings.rate_limit:g} messages/s; message dropped",
+                    correlation_id=cid,
+                )
+            )
+            return
+        self._refused_in_a_row = 0
+        try:
+            envelope = decode(data)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("connection %d <- %s", self.key, envelope.type.name)
+            self._service.touch(self)
+            await self._service.handle(self, envelope)
+        except RequestError as exc:
+            await self._answer(exc)
+
+    async def _answer(self, exc: RequestError) -> None:
+        log.debug("connection %d: %s %s", self.key, exc.error_code, exc.message)
+        frame = encode(
+            MessageType.ERROR,
+            error_payload(exc.status, exc.error_code, exc.message, exc.details),
+            timestamp=self._service.now(),
+            correlation_id=exc.correlation_id,
+        )
+        await self._service.hub.send(self.outbox, frame)
+
+    async def _write_loop(self) -> None:
+        async with self._outbox_receive:
+            async for frame in self._outbox_receive:
+                await self._send({"type": "websocket.send", "text": frame})
+
+    async def _watch(self) -> None:
+        """Close on the first deadline missed: liveness, authentication, token expiry."""
+        settings = self._settings
+        while True:
+            now = trio.current_time()
+            deadlines = [
+                (
+                    self.last_seen + settings.liveness_timeout,
+                    CloseCode.LIVENESS_TIMEOUT,
+                    f"no message for {settings.liveness_timeout:g}s",
+                )
+            ]
+            if self.claims is None:
+                deadlines.append(
+                    (
+                        self._opened_at + settings.auth_timeout,
+                        CloseCode.AUTH_TIMEOUT,
+                        f"not authenticated within {settings.auth_timeout:g}s",
+                    )
+                )
+            else:
+                remaining = self.claims.expires_at - self._service.clock()
+                deadlines.append(
+                    (now + remaining, CloseCode.TOKEN_EXPIRED, "token expired; refresh with Auth")
+                )
+            deadline, code, reason = min(deadlines, key=lambda d: d[0])
+            if deadline <= now:
+                self.close(code, reason)
+                return
+            await trio.sleep_until(deadline)

@@ -1,0 +1,168 @@
+"""SyncBridge's error tree and WebSocket close codes.
+
+::
+
+    SyncBridgeError
+    ├── ConfigError            bad configuration; start-up stops with one line
+    ├── RequestError           a client request that is answered with an Error (6)
+    │   ├── InvalidMessage       400 INVALID_MESSAGE (bad JSON, wrong field type, ...)
+    │   ├── UnknownType          400 UNKNOWN_TYPE
+    │   ├── NotAuthenticated     403 NOT_AUTHENTICATED ("Not authenticated")
+    │   ├── PermissionDenied     403 FORBIDDEN
+    │   ├── RateLimited          429 RATE_LIMITED
+    │   ├── LimitExceeded        413 STATE_TOO_LARGE / 429 TOO_MANY_DEVICES
+    │   └── StoreUnavailable     503 STORE_UNAVAILABLE
+    ├── AuthenticationError    a token that is refused: AuthFailure (9) {code: 401}
+    └── ProtocolViolation      abuse that closes the socket with its close code
+
+A request error is answered and changes nothing; the socket stays open.
+Close codes follow the convention described in docs/protocol.md: 4000-4099 mean
+"transient, reconnect with backoff and resume", 4400-4499 mean "do not reconnect
+until the cause (token, configuration) is fixed".
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "CloseCode",
+    "ConfigError",
+    "InvalidMessage",
+    "LimitExceeded",
+    "NotAuthenticated",
+    "PermissionDenied",
+    "ProtocolViolation",
+    "RateLimited",
+    "RequestError",
+    "StoreUnavailable",
+    "SyncBridgeError",
+    "UnknownType",
+]
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes SyncBridge sends (each documented in docs/protocol.md)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutting down or restarting: reconnect
+    POLICY_VIOLATION = 1008  # Origin not allowed
+    MESSAGE_TOO_BIG = 1009  # inbound message over max_message_bytes
+    INTERNAL_ERROR = 1011
+    # 4000-4099: transient; reconnect with backoff and resume by version.
+    SLOW_CONSUMER = 4000
+    LIVENESS_TIMEOUT = 4001
+    # 4400-4499: the client must change something before reconnecting.
+    TOKEN_EXPIRED = 4401
+    AUTH_TIMEOUT = 4408
+    FLOODING = 4429
+
+    @property
+    def reconnect(self) -> bool:
+        """Whether a client should reconnect by itself after this close."""
+        return self.value < 4400
+
+
+class SyncBridgeError(Exception):
+    """Root of every error SyncBridge raises on purpose."""
+
+
+class ConfigError(SyncBridgeError):
+    """Invalid configuration; the message is one line meant for the operator."""
+
+
+class RequestError(SyncBridgeError):
+    """A request that is answered with an Error (6) message and changes nothing."""
+
+    status: int = 400
+    error_code: str = "BAD_REQUEST"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        correlation_id: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.correlation_id = correlation_id
+
+
+class InvalidMessage(RequestError):
+    """Malformed JSON, a non-object message or a field of the wrong type."""
+
+    status = 400
+    error_code = "INVALID_MESSAGE"
+
+
+class UnknownType(RequestError):
+    """A message type this server does not accept from clients."""
+
+    status = 400
+    error_code = "UNKNOWN_TYPE"
+
+
+class NotAuthenticated(RequestError):
+    """A protected request on a socket that has not authenticated (v1: 403)."""
+
+    status = 403
+    error_code = "NOT_AUTHENTICATED"
+
+
+class PermissionDenied(RequestError):
+    """An authenticated request for something the token does not grant."""
+
+    status = 403
+    error_code = "FORBIDDEN"
+
+
+class RateLimited(RequestError):
+    """The connection sent more messages than its rate allows; the message is dropped."""
+
+    status = 429
+    error_code = "RATE_LIMITED"
+
+
+class LimitExceeded(RequestError):
+    """A size or count limit (state size, devices per session) would be exceeded."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        error_code: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, details=details)
+        self.status = status
+        self.error_code = error_code
+
+
+class StoreUnavailable(RequestError):
+    """The store could not accept or answer the request; nothing was applied."""
+
+    status = 503
+    error_code = "STORE_UNAVAILABLE"
+
+
+class AuthenticationError(SyncBridgeError):
+    """A token that cannot be accepted; answered with AuthFailure {code: 401}."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason  # a short label for logs and metrics: expired, signature, ...
+
+
+class ProtocolViolation(SyncBridgeError):
+    """Client behaviour that ends the connection with a specific close code."""
+
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        super().__init__(f"{code.name} ({int(code)}): {reason}")
+        self.code = code
+        self.reason = reason

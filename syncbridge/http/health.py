@@ -1,0 +1,76 @@
+"""``/health``, ``/health/live`` and ``/health/ready``: what operators and orchestrators poll."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import trio
+
+from syncbridge import __version__
+from syncbridge.errors import StoreUnavailable
+from syncbridge.store.base import Store
+
+__all__ = ["HealthSource", "health", "readiness"]
+
+_STORE_PING_TIMEOUT = 2.0
+
+
+class HealthSource(Protocol):
+    """What the health endpoints read from the running app."""
+
+    store: Store
+    started_at: float
+    draining: bool
+
+    @property
+    def active_connections(self) -> int:
+        """Open WebSocket connections."""
+        ...
+
+    @property
+    def authenticated_connections(self) -> int:
+        """Open WebSocket connections that have authenticated."""
+        ...
+
+    @property
+    def session_count(self) -> int:
+        """Sessions with a device connected to this process."""
+        ...
+
+
+async def _store_status(store: Store) -> dict[str, Any]:
+    status: dict[str, Any] = {"backend": store.name}
+    try:
+        with trio.fail_after(_STORE_PING_TIMEOUT):
+            latency = await store.ping()
+    except (StoreUnavailable, trio.TooSlowError) as exc:
+        status.update(status="unavailable", error=str(exc) or "ping timed out")
+    else:
+        status.update(status="ok", latency_ms=round(latency * 1000, 3))
+    return status
+
+
+async def health(app: HealthSource) -> tuple[int, dict[str, Any]]:
+    """The runbook's health document, and 503 when the store is unreachable."""
+    store = await _store_status(app.store)
+    healthy = store["status"] == "ok"
+    status = "draining" if app.draining else ("ok" if healthy else "degraded")
+    body = {
+        "status": status,
+        "version": __version__,
+        "uptime_seconds": round(time.time() - app.started_at, 3),
+        "active_connections": app.active_connections,
+        "authenticated_connections": app.authenticated_connections,
+        "sessions": app.session_count,
+        "store": store,
+    }
+    return (200 if healthy else 503), body
+
+
+async def readiness(app: HealthSource) -> tuple[int, dict[str, Any]]:
+    """Ready to take traffic: the store answers and the server is not draining."""
+    store = await _store_status(app.store)
+    ready = store["status"] == "ok" and not app.draining
+    body = {"status": "ready" if ready else "not ready", "draining": app.draining, "store": store}
+    return (200 if ready else 503), body

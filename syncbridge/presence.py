@@ -1,0 +1,135 @@
+"""Which devices of each session are online in this process (memory presence)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from syncbridge.errors import LimitExceeded
+
+__all__ = ["Device", "Presence"]
+
+
+@attrs.define(kw_only=True)
+class Device:
+    """One device of a session and the connections it has open here."""
+
+    device_id: str
+    user_id: str
+    device_type: str | None
+    device_name: str | None
+    connected_at: int
+    last_seen: int
+    connections: set[int] = attrs.field(factory=set)
+
+    @property
+    def is_online(self) -> bool:
+        """Online while at least one of its connections is open."""
+        return bool(self.connections)
+
+    def describe(self) -> dict[str, Any]:
+        """The v1 DeviceList entry."""
+        return {
+            "device_id": self.device_id,
+            "user_id": self.user_id,
+            "device_type": self.device_type,
+            "device_name": self.device_name,
+            "connected_at": self.connected_at,
+            "last_seen": self.last_seen,
+            "is_online": self.is_online,
+        }
+
+
+class Presence:
+    """Session -> devices. A session is forgotten once none of its devices is online."""
+
+    def __init__(self, *, max_devices_per_session: int) -> None:
+        self._sessions: dict[str, dict[str, Device]] = {}
+        self._max_devices = max_devices_per_session
+
+    def join(
+        self,
+        session_id: str,
+        *,
+        device_id: str,
+        user_id: str,
+        connection: int,
+        device_type: str | None,
+        device_name: str | None,
+        now: int,
+    ) -> bool:
+        """Record a connection of a device; True when the device just came online."""
+        devices = self._sessions.setdefault(session_id, {})
+        device = devices.get(device_id)
+        if device is None or not device.is_online:
+            online = sum(1 for d in devices.values() if d.is_online)
+            if online >= self._max_devices:
+                if not devices:
+                    del self._sessions[session_id]
+                raise LimitExceeded(
+                    f"session already has {online} devices online; the limit is "
+                    f"{self._max_devices}",
+                    status=429,
+                    error_code="TOO_MANY_DEVICES",
+                    details={"limit_devices": self._max_devices},
+                )
+        if device is None:
+            device = Device(
+                device_id=device_id,
+                user_id=user_id,
+                device_type=device_type,
+                device_name=device_name,
+                connected_at=now,
+                last_seen=now,
+            )
+            devices[device_id] = device
+            self._trim_offline(devices)
+        came_online = not device.is_online
+        if came_online:
+            device.connected_at = now
+        device.device_type = device_type or device.device_type
+        device.device_name = device_name or device.device_name
+        device.last_seen = now
+        device.connections.add(connection)
+        return came_online
+
+    def _trim_offline(self, devices: dict[str, Device]) -> None:
+        # Offline entries are kept for DeviceList, but never more than the limit.
+        offline = [d for d in devices.values() if not d.is_online]
+        excess = len(devices) - self._max_devices
+        for device in sorted(offline, key=lambda d: d.last_seen)[: max(excess, 0)]:
+            del devices[device.device_id]
+
+    def leave(self, session_id: str, *, device_id: str, connection: int, now: int) -> bool:
+        """Forget a connection; True when its device went offline with it."""
+        devices = self._sessions.get(session_id)
+        device = devices.get(device_id) if devices else None
+        if devices is None or device is None or connection not in device.connections:
+            return False
+        device.connections.discard(connection)
+        device.last_seen = now
+        if not any(d.is_online for d in devices.values()):
+            del self._sessions[session_id]
+        return not device.is_online
+
+    def touch(self, session_id: str, device_id: str, now: int) -> None:
+        """Note a sign of life from a device."""
+        devices = self._sessions.get(session_id)
+        device = devices.get(device_id) if devices else None
+        if device is not None:
+            device.last_seen = now
+
+    def device(self, session_id: str, device_id: str) -> Device | None:
+        """One device of a session, if known."""
+        return self._sessions.get(session_id, {}).get(device_id)
+
+    def devices(self, session_id: str) -> list[Device]:
+        """The session's known devices, online first, then by connection time."""
+        devices = self._sessions.get(session_id, {})
+        return sorted(devices.values(), key=lambda d: (not d.is_online, d.connected_at))
+
+    @property
+    def session_count(self) -> int:
+        """Sessions with at least one device online."""
+        return len(self._sessions)

@@ -1,0 +1,318 @@
+"""Session operations over a Store, a Hub and Presence; knows nothing of WebSockets.
+
+A connection hands every decoded request to :meth:`SessionService.handle`,
+which checks authentication, applies it and queues the replies and broadcasts
+as encoded frames. Request errors propagate as :class:`RequestError` for the
+connection to answer; nothing is changed when one is raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import trio
+
+from syncbridge.auth import Claims, TokenAuthority
+from syncbridge.errors import (
+    AuthenticationError,
+    CloseCode,
+    NotAuthenticated,
+    PermissionDenied,
+)
+from syncbridge.hub import Hub, Outbox
+from syncbridge.presence import Presence
+from syncbridge.protocol.codec import encode
+from syncbridge.protocol.messages import (
+    PROTECTED_TYPES,
+    AuthRequest,
+    Envelope,
+    HeartbeatRequest,
+    MessageType,
+    SnapshotRequest,
+    StateUpdateRequest,
+)
+from syncbridge.store.base import Store
+
+__all__ = ["Peer", "SessionService"]
+
+log = logging.getLogger(__name__)
+
+
+class Peer(Protocol):
+    """What the service needs of a connection."""
+
+    key: int
+    claims: Claims | None
+    outbox: Outbox
+    device_type: str | None
+    device_name: str | None
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """End the connection with a close code."""
+        ...
+
+
+class SessionService:
+    """The authenticated operations of the v1 protocol."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        hub: Hub,
+        presence: Presence,
+        authority: TokenAuthority,
+        token_ttl: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.presence = presence
+        self.authority = authority
+        self._token_ttl = token_ttl
+        self.clock = clock
+        self._last_time = 0
+        self._locks: dict[str, trio.Lock] = {}
+
+    def now(self) -> int:
+        """Server time in Unix seconds, never going backwards (v1: server_time)."""
+        self._last_time = max(self._last_time, int(self.clock()))
+        return self._last_time
+
+    async def handle(self, peer: Peer, envelope: Envelope) -> None:
+        """Carry out one request from ``peer``."""
+        request = envelope.request
+        cid = envelope.correlation_id
+        if envelope.type in PROTECTED_TYPES and peer.claims is None:
+            raise NotAuthenticated("Not authenticated", correlation_id=cid)
+        match request:
+            case HeartbeatRequest():
+                await self._reply(
+                    peer,
+                    MessageType.HEARTBEAT_ACK,
+                    {"server_time": self.now(), "client_time": request.client_time},
+                    cid,
+                )
+            case AuthRequest():
+                await self._authenticate(peer, request, cid)
+            case SnapshotRequest():
+                await self._snapshot(peer, request, cid)
+            case StateUpdateRequest():
+                await self._update(peer, request, cid)
+            case _:
+                await self._device_list(peer, cid)
+
+    async def _reply(
+        self, peer: Peer, msg_type: MessageType, payload: dict[str, Any], cid: Any
+    ) -> None:
+        frame = encode(msg_type, payload, timestamp=self.now(), correlation_id=cid)
+        await self.hub.send(peer.outbox, frame)
+
+    async def _authenticate(self, peer: Peer, request: AuthRequest, cid: Any) -> None:
+        now = self.clock()
+        try:
+            claims = self.authority.verify(request.token, now=now)
+        except AuthenticationError as exc:
+            log.info("auth refused (%s) for connection %d", exc.reason, peer.key)
+            await self._reply(
+                peer, MessageType.AUTH_FAILURE, {"code": 401, "message": exc.message}, cid
+            )
+            return
+        previous = peer.claims
+        if previous is not None and (
+            previous.session_id,
+            previous.device_id,
+            previous.user_id,
+        ) != (claims.session_id, claims.device_id, claims.user_id):
+            await self._reply(
+                peer,
+                MessageType.AUTH_FAILURE,
+                {
+                    "code": 401,
+                    "message": "token is for another identity than this connection's; "
+                    "open a new connection for it",
+                },
+                cid,
+            )
+            return
+        came_online = False
+        if previous is None:
+            came_online = self.presence.join(
+                claims.session_id,
+                device_id=claims.device_id,
+                user_id=claims.user_id,
+                connection=peer.key,
+                device_type=request.device_type,
+                device_name=request.device_name,
+                now=self.now(),
+            )
+            self.hub.subscribe(claims.session_id, peer.key, peer.outbox)
+        peer.claims = claims
+        peer.device_type = request.device_type or peer.device_type
+        peer.device_name = request.device_name or peer.device_name
+        new_token, expires_at = self.authority.refresh(claims, ttl=self._token_ttl, now=now)
+        await self._reply(
+            peer,
+            MessageType.AUTH_SUCCESS,
+            {
+                "new_token": new_token,
+                "expires_at": expires_at,
+                "device_id": claims.device_id,
+                "session_id": claims.session_id,
+                "user_id": claims.user_id,
+            },
+            cid,
+        )
+        if came_online:
+            log.info(
+                "device %s joined session %s (connection %d)",
+                claims.device_id,
+                claims.session_id,
+                peer.key,
+            )
+            await self._announce(
+                peer,
+                claims,
+                MessageType.DEVICE_JOINED,
+                {
+                    "device_id": claims.device_id,
+                    "user_id": claims.user_id,
+                    "device_type": peer.device_type,
+                    "device_name": peer.device_name,
+                    "connected_at": self.now(),
+                },
+            )
+
+    async def _announce(
+        self, peer: Peer, claims: Claims, msg_type: MessageType, payload: dict[str, Any]
+    ) -> None:
+        # Presence goes to the *other devices*: the device's own other tabs
+        # already know it is online.
+        device = self.presence.device(claims.session_id, claims.device_id)
+        own = device.connections if device is not None else {peer.key}
+        frame = self._broadcast_frame(claims, msg_type, payload)
+        await self.hub.publish(claims.session_id, frame, exclude=own)
+
+    def _broadcast_frame(
+        self, claims: Claims, msg_type: MessageType, payload: dict[str, Any], cid: Any = None
+    ) -> str:
+        return encode(
+            msg_type,
+            payload,
+            timestamp=self.now(),
+            session_id=claims.session_id,
+            user_id=claims.user_id,
+            device_id=claims.device_id,
+            correlation_id=cid,
+        )
+
+    def _owned(self, peer: Peer) -> Claims:
+        claims = peer.claims
+        if claims is None:  # guarded in handle(); kept for the type checker
+            raise NotAuthenticated("Not authenticated")
+        return claims
+
+    async def _snapshot(self, peer: Peer, request: SnapshotRequest, cid: Any) -> None:
+        claims = self._owned(peer)
+        if request.session_id is not None and request.session_id != claims.session_id:
+            raise PermissionDenied(
+                "a token grants its own session only",
+                details={"session_id": request.session_id},
+                correlation_id=cid,
+            )
+        snap = await self.store.snapshot(claims.session_id)
+        await self._reply(
+            peer,
+            MessageType.SNAPSHOT_RESPONSE,
+            {
+                "session_id": snap.session_id,
+                "state_data": snap.state,
+                "created_at": snap.created_at,
+                "updated_at": snap.updated_at,
+                "version": snap.version,
+            },
+            cid,
+        )
+
+    @asynccontextmanager
+    async def _session_lock(self, session_id: str) -> AsyncIterator[None]:
+        # One writer at a time per session, in arrival order (trio.Lock is
+        # fair): versions are then fanned out in the order the store assigned
+        # them, and a full outbox holds back later versions instead of being
+        # overtaken by them.
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = trio.Lock()
+        try:
+            async with lock:
+                yield
+        finally:
+            stats = lock.statistics()
+            if not stats.locked and not stats.tasks_waiting and self._locks.get(session_id) is lock:
+                del self._locks[session_id]
+
+    async def _update(self, peer: Peer, request: StateUpdateRequest, cid: Any) -> None:
+        claims = self._owned(peer)
+        async with self._session_lock(claims.session_id):
+            change = await self.store.apply(
+                claims.session_id, request.key, request.value, request.operation
+            )
+            payload = {
+                "key": change.key,
+                "value": change.value,
+                "operation": change.operation.value,
+                "version": change.version,
+            }
+            log.debug(
+                "update %s v%d key=%r by %s",
+                claims.session_id,
+                change.version,
+                change.key,
+                claims.device_id,
+            )
+            await self.hub.send(
+                peer.outbox,
+                self._broadcast_frame(claims, MessageType.STATE_UPDATE, payload, cid),
+            )
+            await self.hub.publish(
+                claims.session_id,
+                self._broadcast_frame(claims, MessageType.STATE_UPDATE, payload),
+                exclude=(peer.key,),
+            )
+
+    async def _device_list(self, peer: Peer, cid: Any) -> None:
+        claims = self._owned(peer)
+        devices = [d.describe() for d in self.presence.devices(claims.session_id)]
+        await self._reply(
+            peer, MessageType.DEVICE_LIST, {"devices": devices, "count": len(devices)}, cid
+        )
+
+    def touch(self, peer: Peer) -> None:
+        """Record a sign of life for the peer's device."""
+        if peer.claims is not None:
+            self.presence.touch(peer.claims.session_id, peer.claims.device_id, self.now())
+
+    async def disconnect(self, peer: Peer) -> None:
+        """Forget a closing connection and tell the other devices if its device left.
+
+        Runs in the connection's shielded clean-up; never raises.
+        """
+        claims = peer.claims
+        if claims is None:
+            return
+        self.hub.unsubscribe(claims.session_id, peer.key)
+        went_offline = self.presence.leave(
+            claims.session_id, device_id=claims.device_id, connection=peer.key, now=self.now()
+        )
+        if went_offline:
+            log.info("device %s left session %s", claims.device_id, claims.session_id)
+            frame = self._broadcast_frame(
+                claims,
+                MessageType.DEVICE_LEFT,
+                {"device_id": claims.device_id, "user_id": claims.user_id, "last_seen": self.now()},
+            )
+            await self.hub.publish(claims.session_id, frame)

@@ -1,0 +1,336 @@
+"""Settings: one frozen object from defaults, a TOML file, the environment and flags.
+
+This module is the only reader of the environment. Every knob is declared once,
+in :class:`Settings`, with its environment variable and help text; the command
+line and the docs are generated from that declaration. Later sources win:
+defaults < TOML file < environment < command-line flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import cattrs
+
+from syncbridge.errors import ConfigError
+
+__all__ = ["MIN_SECRET_BYTES", "Settings", "iter_options", "load_settings", "parse_duration"]
+
+log = logging.getLogger(__name__)
+
+MIN_SECRET_BYTES: Final = 32
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("text", "json")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string like ``250ms``, ``30s``, ``15m``, ``7d``."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            raise ValueError(f"expected a duration like 30s, 15m or 7d, got {value!r}")
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return seconds
+
+
+def _opt(env: str | None, help: str, *, flag: bool = True, secret: bool = False) -> Any:
+    return {"env": env, "help": help, "flag": flag, "secret": secret}
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value}")
+
+
+def _one_of(choices: tuple[str, ...]) -> Any:
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+        if value not in choices:
+            raise ValueError(f"{attribute.name} must be one of {', '.join(choices)}; got {value!r}")
+
+    return check
+
+
+def _address(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    _host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{attribute.name} must look like HOST:PORT or :PORT, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Every setting of a SyncBridge process (durations in seconds, sizes in bytes)."""
+
+    addr: str = attrs.field(
+        default=":8080",
+        validator=_address,
+        metadata=_opt("SERVER_ADDR", "address to serve HTTP and WebSocket on (HOST:PORT)"),
+    )
+    jwt_secret: str = attrs.field(
+        default="",
+        repr=False,
+        metadata=_opt(
+            "JWT_SECRET",
+            "HS256 secret for tokens (>= 32 bytes); unset: a random per-process secret",
+            flag=False,
+            secret=True,
+        ),
+    )
+    jwt_allow_weak_secret: bool = attrs.field(
+        default=False,
+        metadata=_opt("JWT_ALLOW_WEAK_SECRET", "accept a JWT_SECRET shorter than 32 bytes"),
+    )
+    token_ttl: float = attrs.field(
+        default=3600.0,
+        validator=_positive,
+        metadata=_opt("TOKEN_TTL", "lifetime of the new_token issued by AuthSuccess"),
+    )
+    log_level: str = attrs.field(
+        default="info",
+        validator=_one_of(LOG_LEVELS),
+        metadata=_opt("LOG_LEVEL", "debug, info, warning or error"),
+    )
+    log_format: str = attrs.field(
+        default="text",
+        validator=_one_of(LOG_FORMATS),
+        metadata=_opt("LOG_FORMAT", "text (for people) or json (one object per line)"),
+    )
+    max_message_bytes: int = attrs.field(
+        default=512 * 1024,
+        validator=_positive,
+        metadata=_opt("MAX_MESSAGE_BYTES", "largest inbound message; larger closes with 1009"),
+    )
+    auth_timeout: float = attrs.field(
+        default=30.0,
+        validator=_positive,
+        metadata=_opt("AUTH_TIMEOUT", "close a socket that has not authenticated by then (4408)"),
+    )
+    liveness_timeout: float = attrs.field(
+        default=60.0,
+        validator=_positive,
+        metadata=_opt("LIVENESS_TIMEOUT", "close a socket silent for this long (4001)"),
+    )
+    ping_interval: float = attrs.field(
+        default=30.0,
+        validator=_positive,
+        metadata=_opt("PING_INTERVAL", "interval of WebSocket pings that keep proxies open"),
+    )
+    outbox_size: int = attrs.field(
+        default=256,
+        validator=_positive,
+        metadata=_opt("OUTBOX_SIZE", "messages queued per connection before backpressure"),
+    )
+    slow_consumer_timeout: float = attrs.field(
+        default=5.0,
+        validator=_positive,
+        metadata=_opt("SLOW_CONSUMER_TIMEOUT", "wait for room in a full outbox, then close (4000)"),
+    )
+    rate_limit: float = attrs.field(
+        default=100.0,
+        validator=_positive,
+        metadata=_opt("RATE_LIMIT", "messages per second per connection (beyond: 429)"),
+    )
+    rate_burst: int = attrs.field(
+        default=200,
+        validator=_positive,
+        metadata=_opt("RATE_BURST", "burst allowance; that many refusals in a row close 4429"),
+    )
+    max_devices_per_session: int = attrs.field(
+        default=32,
+        validator=_positive,
+        metadata=_opt("MAX_DEVICES_PER_SESSION", "distinct devices online in one session"),
+    )
+    max_state_bytes: int = attrs.field(
+        default=1_000_000,
+        validator=_positive,
+        metadata=_opt("MAX_STATE_BYTES", "encoded size of one session's state (beyond: 413)"),
+    )
+    max_keys: int = attrs.field(
+        default=10_000,
+        validator=_positive,
+        metadata=_opt("MAX_KEYS", "keys in one session's state (beyond: 413)"),
+    )
+    history_size: int = attrs.field(
+        default=1000,
+        validator=_positive,
+        metadata=_opt("HISTORY_SIZE", "changes kept per session for resume after reconnect"),
+    )
+    session_ttl: float = attrs.field(
+        default=7 * 86400.0,
+        validator=_positive,
+        metadata=_opt("SESSION_TTL", "a session unwritten for this long expires"),
+    )
+    allowed_origins: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_opt(
+            "ALLOWED_ORIGINS",
+            "comma-separated Origins allowed to open /ws; empty: any (no Origin is always ok)",
+        ),
+    )
+    shutdown_timeout: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_opt("SHUTDOWN_TIMEOUT", "longest graceful shutdown on SIGTERM/SIGINT"),
+    )
+    cleanup_timeout: float = attrs.field(
+        default=2.0,
+        validator=_positive,
+        metadata=_opt("CLEANUP_TIMEOUT", "bound on a closing connection's clean-up"),
+    )
+    secret_is_ephemeral: bool = attrs.field(
+        default=False, metadata=_opt(None, "set when JWT_SECRET was generated", flag=False)
+    )
+
+    @property
+    def host(self) -> str:
+        """The host part of :attr:`addr`; empty means every interface."""
+        return self.addr.rpartition(":")[0].strip("[]") or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        """The port part of :attr:`addr`."""
+        return int(self.addr.rpartition(":")[2])
+
+
+def iter_options() -> list[attrs.Attribute[Any]]:
+    """The settings a user can set (everything with an environment variable)."""
+    return [a for a in attrs.fields(Settings) if a.metadata.get("env")]
+
+
+def _converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    def to_bool(value: Any, _t: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"expected true/false or 1/0, got {value!r}")
+
+    def to_int(value: Any, _t: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value).strip().replace("_", ""))
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+
+    def to_origins(value: Any, _t: Any) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(i).strip() for i in items if str(i).strip())
+
+    def to_str(value: Any, _t: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+
+    conv.register_structure_hook(bool, to_bool)
+    conv.register_structure_hook(int, to_int)
+    conv.register_structure_hook(float, lambda v, _t: parse_duration(v))
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], to_origins)
+    conv.register_structure_hook(str, to_str)
+    return conv
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        a.name: environ[a.metadata["env"]] for a in iter_options() if a.metadata["env"] in environ
+    }
+
+
+def _file_values(path: str) -> dict[str, Any]:
+    try:
+        with Path(path).open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    # Accept either top-level keys or a [syncbridge] table.
+    table = data.get("syncbridge", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [syncbridge] must be a table")
+    return dict(table)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    config_file: str | None = None,
+) -> Settings:
+    """Build Settings from every source, or raise ConfigError naming every problem.
+
+    ``overrides`` are already-typed or string values from command-line flags.
+    An unset JWT_SECRET becomes a random per-process secret, marked ephemeral.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or env.get("SYNCBRIDGE_CONFIG")
+    if path:
+        values.update(_file_values(path))
+    values.update(_env_values(env))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if values.pop("secret_is_ephemeral", None) is not None:
+        raise ConfigError("secret_is_ephemeral is not a setting")
+    try:
+        settings = _converter().structure(values, Settings)
+    except cattrs.BaseValidationError as exc:
+        problems = cattrs.transform_error(exc, path="config", format_exception=_describe)
+        names = {a.name: a.metadata.get("env") for a in attrs.fields(Settings)}
+        lines = [_rename(p, names) for p in problems]
+        raise ConfigError("invalid configuration: " + "; ".join(lines)) from None
+    return _check_secret(settings)
+
+
+def _describe(exc: BaseException, _t: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required"
+    return str(exc) or type(exc).__name__
+
+
+def _rename(problem: str, names: dict[str, str | None]) -> str:
+    """Name the environment variable a user would set instead of an attribute path."""
+    text, _, where = problem.rpartition(" @ ")
+    attr = where.removeprefix("config.")
+    env = names.get(attr)
+    if attr == "config" or not where:
+        return problem
+    if env:
+        return f"{env}: {text}"
+    return f"{attr}: {text} (unknown setting)" if attr not in names else f"{attr}: {text}"
+
+
+def _check_secret(settings: Settings) -> Settings:
+    if not settings.jwt_secret:
+        return attrs.evolve(
+            settings, jwt_secret=secrets.token_urlsafe(48), secret_is_ephemeral=True
+        )
+    length = len(settings.jwt_secret.encode())
+    if length < MIN_SECRET_BYTES and not settings.jwt_allow_weak_secret:
+        raise ConfigError(
+            f"JWT_SECRET is {length} bytes; at least {MIN_SECRET_BYTES} are required "
+            "(set JWT_ALLOW_WEAK_SECRET=1 to accept a legacy short secret)"
+        )
+    return settings

@@ -1,0 +1,45 @@
+"""The Store protocol: where session state lives, versioned and atomic per session."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import trio
+
+from syncbridge.protocol.messages import Operation
+from syncbridge.protocol.session import Change, Snapshot
+
+__all__ = ["Store"]
+
+
+class Store(Protocol):
+    """Authoritative session state.
+
+    ``apply`` is atomic per session and assigns the next version; when it
+    returns, the change is as durable as the backend makes it, and only then may
+    it be acknowledged or broadcast. Backend failures surface as
+    :class:`syncbridge.errors.StoreUnavailable`; limit breaches as
+    :class:`syncbridge.errors.LimitExceeded`.
+    """
+
+    name: str
+
+    async def snapshot(self, session_id: str) -> Snapshot:
+        """The whole state of a session (version 0 and empty when never written)."""
+        ...
+
+    async def apply(self, session_id: str, key: str, value: Any, operation: Operation) -> Change:
+        """Apply one change atomically and return it with its new version."""
+        ...
+
+    async def changes_since(self, session_id: str, version: int) -> list[Change] | None:
+        """Changes after ``version`` in order, or None when history no longer reaches."""
+        ...
+
+    async def ping(self) -> float:
+        """Check the backend; return its round-trip time in seconds."""
+        ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background upkeep (expiry, reconnects) until cancelled; started by the lifespan."""
+        ...

@@ -1,0 +1,118 @@
+"""The embedded in-memory store: the default, for one process and for tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from syncbridge.protocol.messages import Operation
+from syncbridge.protocol.session import Change, SessionState, Snapshot
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Sessions in a dict. Atomic per session because ``apply`` never awaits midway.
+
+    State lives as long as the process; a session unwritten for ``session_ttl``
+    seconds expires (checked on access and swept every ``sweep_interval``).
+    """
+
+    name = "memory"
+
+    def __init__(
+        self,
+        *,
+        session_ttl: float,
+        history_size: int,
+        max_state_bytes: int,
+        max_keys: int,
+        sweep_interval: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._sessions: dict[str, SessionState] = {}
+        self._expires: dict[str, float] = {}
+        self._ttl = session_ttl
+        self._history_size = history_size
+        self._max_state_bytes = max_state_bytes
+        self._max_keys = max_keys
+        self._sweep_interval = sweep_interval
+        self._clock = clock
+
+    def _live(self, session_id: str) -> SessionState | None:
+        state = self._sessions.get(session_id)
+        if state is not None and self._expires[session_id] <= self._clock():
+            self._drop(session_id)
+            return None
+        return state
+
+    def _drop(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+        self._expires.pop(session_id, None)
+
+    async def snapshot(self, session_id: str) -> Snapshot:
+        """The session's state, or an empty version-0 snapshot."""
+        await trio.lowlevel.checkpoint()
+        state = self._live(session_id)
+        if state is None:
+            return Snapshot(
+                session_id=session_id, state={}, version=0, created_at=None, updated_at=None
+            )
+        return state.snapshot()
+
+    async def apply(self, session_id: str, key: str, value: Any, operation: Operation) -> Change:
+        """Apply one change; the whole read-modify-write happens without a checkpoint."""
+        now = self._clock()
+        state = self._live(session_id)
+        if state is None:
+            state = SessionState(session_id=session_id, history_size=self._history_size)
+            self._sessions[session_id] = state
+        change = state.apply(
+            key,
+            value,
+            operation,
+            now=int(now),
+            max_state_bytes=self._max_state_bytes,
+            max_keys=self._max_keys,
+        )
+        self._expires[session_id] = now + self._ttl
+        # The checkpoint comes after the change so that cancellation can never
+        # separate "applied" from "returned".
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return change
+
+    async def changes_since(self, session_id: str, version: int) -> list[Change] | None:
+        """Changes after ``version`` from the capped in-memory history."""
+        await trio.lowlevel.checkpoint()
+        state = self._live(session_id)
+        if state is None:
+            return [] if version == 0 else None
+        return state.changes_since(version)
+
+    async def ping(self) -> float:
+        """Always reachable."""
+        await trio.lowlevel.checkpoint()
+        return 0.0
+
+    @property
+    def session_count(self) -> int:
+        """Sessions currently held (expired ones may linger until the next sweep)."""
+        return len(self._sessions)
+
+    def sweep(self) -> int:
+        """Drop every expired session; return how many were dropped."""
+        now = self._clock()
+        expired = [sid for sid, at in self._expires.items() if at <= now]
+        for sid in expired:
+            self._drop(sid)
+        return len(expired)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sweep expired sessions periodically until cancelled."""
+        task_status.started()
+        while True:
+            await trio.sleep(self._sweep_interval)
+            self.sweep()
