@@ -67,6 +67,7 @@ class SyncBridgeApp:
             presence=self.presence,
             authority=TokenAuthority(settings.jwt_secret),
             token_ttl=settings.token_ttl,
+            leave_timeout=settings.cleanup_timeout / 2,
             clock=clock,
         )
         self.connections: dict[int, Connection] = {}

@@ -67,6 +67,7 @@ class SessionService:
         presence: Presence,
         authority: TokenAuthority,
         token_ttl: float,
+        leave_timeout: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -74,6 +75,9 @@ class SessionService:
         self.presence = presence
         self.authority = authority
         self._token_ttl = token_ttl
+        # DeviceLeft is sent from a closing connection's bounded clean-up, so
+        # it may wait for full outboxes only part of that bound.
+        self._leave_timeout = leave_timeout
         self.clock = clock
         self._last_time = 0
         self._locks: dict[str, trio.Lock] = {}
@@ -315,4 +319,4 @@ class SessionService:
                 MessageType.DEVICE_LEFT,
                 {"device_id": claims.device_id, "user_id": claims.user_id, "last_seen": self.now()},
             )
-            await self.hub.publish(claims.session_id, frame)
+            await self.hub.publish(claims.session_id, frame, timeout=self._leave_timeout)

@@ -100,13 +100,20 @@ def decode(frame: str | bytes) -> Envelope:
         )
     try:
         msg_type = MessageType(raw_type)
-        request_class = CLIENT_TYPES[msg_type]
-    except (ValueError, KeyError):
+    except ValueError:
         raise UnknownType(
             f"unknown message type {raw_type}: clients may send 1, 3, 5, 7 or 12",
             details={"field": "type", "type": raw_type},
             correlation_id=cid,
         ) from None
+    request_class = CLIENT_TYPES.get(msg_type)
+    if request_class is None:
+        raise UnknownType(
+            f"message type {raw_type} ({msg_type.name}) is not accepted from clients; "
+            "clients may send 1, 3, 5, 7 or 12",
+            details={"field": "type", "type": raw_type},
+            correlation_id=cid,
+        )
 
     timestamp = message.get("timestamp")
     if timestamp is not None and (
