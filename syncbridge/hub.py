@@ -111,11 +111,22 @@ class Hub:
             return []
         return [box for key, box in subscribers.items() if key not in exclude]
 
-    async def publish(self, session_id: str, frame: str, *, exclude: Collection[int] = ()) -> None:
-        """Fan ``frame`` out to a session's connections except those in ``exclude``."""
+    async def publish(
+        self,
+        session_id: str,
+        frame: str,
+        *,
+        exclude: Collection[int] = (),
+        timeout: float | None = None,
+    ) -> None:
+        """Fan ``frame`` out to a session's connections except those in ``exclude``.
+
+        ``timeout`` shortens the wait for full outboxes (clean-up has its own bound).
+        """
         targets = self.outboxes(session_id, exclude=exclude)
         if targets:
-            self.slow_consumers_closed += await deliver(targets, frame, timeout=self._timeout)
+            wait = self._timeout if timeout is None else min(timeout, self._timeout)
+            self.slow_consumers_closed += await deliver(targets, frame, timeout=wait)
 
     async def send(self, outbox: Outbox, frame: str) -> None:
         """Send one reply with the same slow-consumer rule as fan-out."""
