@@ -43,8 +43,12 @@ class TokenAuthority:
         self._secret = secret
         self._leeway = leeway
 
-    def verify(self, token: str, *, now: float) -> Claims:
+    def verify(self, token: object, *, now: float) -> Claims:
         """Return the token's claims or raise AuthenticationError saying why not."""
+        if token is None:
+            raise AuthenticationError("token is missing", reason="missing")
+        if not isinstance(token, str):
+            raise AuthenticationError("token must be a string", reason="malformed")
         if not token:
             raise AuthenticationError("token is empty", reason="missing")
         try:

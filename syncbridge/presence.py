@@ -84,7 +84,6 @@ class Presence:
                 last_seen=now,
             )
             devices[device_id] = device
-            self._trim_offline(devices)
         came_online = not device.is_online
         if came_online:
             device.connected_at = now
@@ -92,6 +91,9 @@ class Presence:
         device.device_name = device_name or device.device_name
         device.last_seen = now
         device.connections.add(connection)
+        # Trim only now that this device is online, so it can never be the one
+        # trimmed (a wall clock stepping back would make it the "oldest").
+        self._trim_offline(devices)
         return came_online
 
     def _trim_offline(self, devices: dict[str, Device]) -> None:

@@ -22,6 +22,7 @@ from syncbridge.errors import (
     CloseCode,
     NotAuthenticated,
     PermissionDenied,
+    RequestError,
 )
 from syncbridge.hub import Hub, Outbox
 from syncbridge.presence import Presence
@@ -93,22 +94,29 @@ class SessionService:
         cid = envelope.correlation_id
         if envelope.type in PROTECTED_TYPES and peer.claims is None:
             raise NotAuthenticated("Not authenticated", correlation_id=cid)
-        match request:
-            case HeartbeatRequest():
-                await self._reply(
-                    peer,
-                    MessageType.HEARTBEAT_ACK,
-                    {"server_time": self.now(), "client_time": request.client_time},
-                    cid,
-                )
-            case AuthRequest():
-                await self._authenticate(peer, request, cid)
-            case SnapshotRequest():
-                await self._snapshot(peer, request, cid)
-            case StateUpdateRequest():
-                await self._update(peer, request, cid)
-            case _:
-                await self._device_list(peer, cid)
+        try:
+            match request:
+                case HeartbeatRequest():
+                    await self._reply(
+                        peer,
+                        MessageType.HEARTBEAT_ACK,
+                        {"server_time": self.now(), "client_time": request.client_time},
+                        cid,
+                    )
+                case AuthRequest():
+                    await self._authenticate(peer, request, cid)
+                case SnapshotRequest():
+                    await self._snapshot(peer, request, cid)
+                case StateUpdateRequest():
+                    await self._update(peer, request, cid)
+                case _:
+                    await self._device_list(peer, cid)
+        except RequestError as exc:
+            # Errors raised below the service (size and device limits, store
+            # outages) do not know the request; the reply must still echo its id.
+            if exc.correlation_id is None:
+                exc.correlation_id = cid
+            raise
 
     async def _reply(
         self, peer: Peer, msg_type: MessageType, payload: dict[str, Any], cid: Any

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import attrs
 import cattrs
+from cattrs.gen import make_dict_structure_fn, override
 
 from syncbridge.errors import ConfigError
 
@@ -250,7 +251,28 @@ def _converter() -> cattrs.Converter:
     conv.register_structure_hook(float, lambda v, _t: parse_duration(v))
     conv.register_structure_hook_func(lambda t: t == tuple[str, ...], to_origins)
     conv.register_structure_hook(str, to_str)
+    # Run each field's validator while structuring that field, so a value that
+    # parses but is out of range is reported at its field (hence its env var)
+    # and alongside every other problem, instead of one at a time from __init__.
+    checked: dict[str, Any] = {
+        a.name: override(struct_hook=_validated(conv, a))
+        for a in attrs.fields(Settings)
+        if a.validator
+    }
+    conv.register_structure_hook(Settings, make_dict_structure_fn(Settings, conv, **checked))
     return conv
+
+
+def _validated(conv: cattrs.Converter, attribute: attrs.Attribute[Any]) -> Any:
+    validator = attribute.validator
+    assert validator is not None
+
+    def hook(value: Any, type_: Any) -> Any:
+        result = conv.structure(value, type_)
+        validator(None, attribute, result)
+        return result
+
+    return hook
 
 
 def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from syncbridge.errors import InvalidMessage, UnknownType
 from syncbridge.protocol.messages import (
     CLIENT_TYPES,
     Envelope,
+    InvalidField,
     MessageType,
     Operation,
     Request,
@@ -71,6 +72,15 @@ def _describe_problem(exc: BaseException, _type: Any) -> str:
 
 def _correlation_id(message: dict[str, Any]) -> Any:
     return message.get("correlation_id")
+
+
+def _problem_field(exc: cattrs.BaseValidationError, problems: list[str]) -> str:
+    # A validator runs inside the class's __init__, so cattrs can only place its
+    # error at "payload"; the InvalidField it raised knows the field.
+    for inner in exc.exceptions:
+        if isinstance(inner, InvalidField):
+            return f"payload.{inner.field}"
+    return problems[0].rpartition(" @ ")[2] if problems else "payload"
 
 
 def decode(frame: str | bytes) -> Envelope:
@@ -138,7 +148,7 @@ def decode(frame: str | bytes) -> Envelope:
         request: Request = converter.structure(payload, request_class)
     except cattrs.BaseValidationError as exc:
         problems = cattrs.transform_error(exc, path="payload", format_exception=_describe_problem)
-        field = problems[0].rpartition(" @ ")[2] if problems else "payload"
+        field = _problem_field(exc, problems)
         raise InvalidMessage(
             f"invalid {msg_type.name} payload: " + "; ".join(problems),
             details={"field": field},

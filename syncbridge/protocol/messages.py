@@ -15,6 +15,7 @@ __all__ = [
     "DeviceListRequest",
     "Envelope",
     "HeartbeatRequest",
+    "InvalidField",
     "MessageType",
     "Operation",
     "Request",
@@ -69,6 +70,15 @@ class _Absent:
 
 ABSENT: Final = _Absent()
 
+
+class InvalidField(ValueError):
+    """A payload field whose value breaks a rule; ``field`` names it for the error reply."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 MAX_NAME_CHARS: Final = 256
 MAX_KEY_CHARS: Final = 1024
 
@@ -76,14 +86,16 @@ MAX_KEY_CHARS: Final = 1024
 def _max_chars(limit: int) -> Any:
     def check(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
         if value is not None and len(value) > limit:
-            raise ValueError(f"{attribute.name} is longer than {limit} characters")
+            raise InvalidField(
+                attribute.name, f"{attribute.name} is longer than {limit} characters"
+            )
 
     return check
 
 
 def _non_empty(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value:
-        raise ValueError(f"{attribute.name} must not be empty")
+        raise InvalidField(attribute.name, f"{attribute.name} must not be empty")
 
 
 @attrs.frozen(kw_only=True)
@@ -97,7 +109,9 @@ class HeartbeatRequest:
 class AuthRequest:
     """Auth (7): a JWT; identity comes only from its verified claims."""
 
-    token: str
+    # Kept as sent: v1 answers a missing, null or non-string token with
+    # AuthFailure (401), which TokenAuthority.verify raises, not with a 400.
+    token: Any = None
     device_type: str | None = attrs.field(default=None, validator=_max_chars(MAX_NAME_CHARS))
     device_name: str | None = attrs.field(default=None, validator=_max_chars(MAX_NAME_CHARS))
 
@@ -119,7 +133,9 @@ class StateUpdateRequest:
 
     def __attrs_post_init__(self) -> None:
         if self.operation is Operation.SET and self.value is ABSENT:
-            raise ValueError("value is required when operation is SET (null is a valid value)")
+            raise InvalidField(
+                "value", "value is required when operation is SET (null is a valid value)"
+            )
 
 
 @attrs.frozen(kw_only=True)

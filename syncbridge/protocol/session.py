@@ -124,9 +124,16 @@ class SessionState:
         )
 
     def changes_since(self, version: int) -> list[Change] | None:
-        """The changes after ``version`` in order, or None when history no longer reaches."""
-        if version >= self.version:
+        """The changes after ``version`` in order, or None when history no longer reaches.
+
+        A ``version`` beyond the current one is also None: the client holds state
+        this session never had (e.g. it expired and started again), so it must
+        take a snapshot rather than believe it is up to date.
+        """
+        if version == self.version:
             return []
+        if version > self.version:
+            return None
         if not self.history or self.history[0].version > version + 1:
             return None
         return [c for c in self.history if c.version > version]

@@ -69,7 +69,6 @@ class MemoryStore:
         state = self._live(session_id)
         if state is None:
             state = SessionState(session_id=session_id, history_size=self._history_size)
-            self._sessions[session_id] = state
         change = state.apply(
             key,
             value,
@@ -78,6 +77,9 @@ class MemoryStore:
             max_state_bytes=self._max_state_bytes,
             max_keys=self._max_keys,
         )
+        # Registered only once a change is accepted: a refused first write must
+        # leave no session behind (every held session has an expiry).
+        self._sessions[session_id] = state
         self._expires[session_id] = now + self._ttl
         # The checkpoint comes after the change so that cancellation can never
         # separate "applied" from "returned".
