@@ -10,7 +10,7 @@
     │   ├── NotAuthenticated     403 NOT_AUTHENTICATED ("Not authenticated")
     │   ├── PermissionDenied     403 FORBIDDEN
     │   ├── RateLimited          429 RATE_LIMITED
-    │   ├── LimitExceeded        413 STATE_TOO_LARGE / 429 TOO_MANY_DEVICES
+    │   ├── LimitExceeded        413 STATE_TOO_LARGE, 413 TOO_MANY_KEYS, 429 TOO_MANY_DEVICES
     │   └── StoreUnavailable     503 STORE_UNAVAILABLE
     ├── AuthenticationError    a token that is refused: AuthFailure (9) {code: 401}
     └── ProtocolViolation      abuse that closes the socket with its close code
@@ -48,7 +48,6 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001  # server shutting down or restarting: reconnect
-    POLICY_VIOLATION = 1008  # Origin not allowed
     MESSAGE_TOO_BIG = 1009  # inbound message over max_message_bytes
     INTERNAL_ERROR = 1011
     # 4000-4099: transient; reconnect with backoff and resume by version.
@@ -61,8 +60,18 @@ class CloseCode(enum.IntEnum):
 
     @property
     def reconnect(self) -> bool:
-        """Whether a client should reconnect by itself after this close."""
-        return self.value < 4400
+        """Whether a client should reconnect by itself (with backoff) after this close."""
+        return self in _RECONNECT
+
+
+_RECONNECT = frozenset(
+    {
+        CloseCode.GOING_AWAY,
+        CloseCode.INTERNAL_ERROR,
+        CloseCode.SLOW_CONSUMER,
+        CloseCode.LIVENESS_TIMEOUT,
+    }
+)
 
 
 class SyncBridgeError(Exception):

@@ -20,13 +20,14 @@ from syncbridge.auth import Claims, TokenAuthority
 from syncbridge.errors import (
     AuthenticationError,
     CloseCode,
+    LimitExceeded,
     NotAuthenticated,
     PermissionDenied,
     RequestError,
 )
 from syncbridge.hub import Hub, Outbox
 from syncbridge.presence import Presence
-from syncbridge.protocol.codec import encode
+from syncbridge.protocol.codec import encode, error_payload
 from syncbridge.protocol.messages import (
     PROTECTED_TYPES,
     AuthRequest,
@@ -151,8 +152,9 @@ class SessionService:
                 cid,
             )
             return
-        came_online = False
-        if previous is None:
+        # join() is idempotent for a connection already joined: a refresh only
+        # updates the device's description and last_seen.
+        try:
             came_online = self.presence.join(
                 claims.session_id,
                 device_id=claims.device_id,
@@ -162,6 +164,12 @@ class SessionService:
                 device_name=request.device_name,
                 now=self.now(),
             )
+        except LimitExceeded as exc:
+            # Still an answer to Auth, so v1 clients waiting for 8 or 9 get one.
+            payload = error_payload(exc.status, exc.error_code, exc.message, exc.details)
+            await self._reply(peer, MessageType.AUTH_FAILURE, payload, cid)
+            return
+        if previous is None:
             self.hub.subscribe(claims.session_id, peer.key, peer.outbox)
         peer.claims = claims
         peer.device_type = request.device_type or peer.device_type

@@ -314,8 +314,16 @@ def load_settings(
         values.update(_file_values(path))
     values.update(_env_values(env))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    if values.pop("secret_is_ephemeral", None) is not None:
-        raise ConfigError("secret_is_ephemeral is not a setting")
+    known = {a.name for a in iter_options()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            f"in {path or 'configuration'}; `python -m syncbridge --help` lists the settings"
+        )
+    for name in ("log_level", "log_format"):  # operators write INFO as often as info
+        if isinstance(values.get(name), str):
+            values[name] = values[name].lower()
     try:
         settings = _converter().structure(values, Settings)
     except cattrs.BaseValidationError as exc:
@@ -339,9 +347,7 @@ def _rename(problem: str, names: dict[str, str | None]) -> str:
     env = names.get(attr)
     if attr == "config" or not where:
         return problem
-    if env:
-        return f"{env}: {text}"
-    return f"{attr}: {text} (unknown setting)" if attr not in names else f"{attr}: {text}"
+    return f"{env}: {text}" if env else f"{attr}: {text}"
 
 
 def _check_secret(settings: Settings) -> Settings:

@@ -244,3 +244,9 @@ def test_settings_secret_length_counted_in_bytes() -> None:
 def test_settings_host_and_port(addr: str, host: str, port: int) -> None:
     s = load_settings(environ={"SERVER_ADDR": addr})
     assert (s.host, s.port) == (host, port)
+
+
+def test_settings_log_level_and_format_any_case() -> None:
+    settings = load_settings(environ={"LOG_LEVEL": "INFO", "LOG_FORMAT": "JSON"})
+    assert settings.log_level == "info"
+    assert settings.log_format == "json"

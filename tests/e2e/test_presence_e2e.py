@@ -161,7 +161,7 @@ async def test_device_list_shape_and_auth_fields(server: RunningServer) -> None:
     assert from_b == payload
 
 
-async def test_device_limit_refuses_auth_with_429(server_factory: Any) -> None:
+async def test_device_limit_refuses_auth_with_auth_failure_429(server_factory: Any) -> None:
     server: RunningServer = await server_factory(max_devices_per_session=2)
     with trio.fail_after(BOUND):
         async with (
@@ -178,7 +178,7 @@ async def test_device_limit_refuses_auth_with_429(server_factory: Any) -> None:
                 ).decode()
             )
             reply = await c.next_message(timeout=5)
-            assert reply["type"] == MessageType.ERROR
+            assert reply["type"] == MessageType.AUTH_FAILURE
             assert reply["correlation_id"] == "auth-c"
             assert reply["payload"]["code"] == 429
             assert reply["payload"]["error_code"] == "TOO_MANY_DEVICES"
@@ -202,3 +202,19 @@ async def test_device_limit_refuses_auth_with_429(server_factory: Any) -> None:
             assert ok["device_id"] == "c"
             joined = await a.wait_for(MessageType.DEVICE_JOINED)
             assert joined["payload"]["device_id"] == "c"
+
+
+async def test_refresh_auth_updates_device_description_without_rejoining(
+    server: RunningServer,
+) -> None:
+    with trio.fail_after(BOUND):
+        async with (
+            open_client(server.url, token=server.token(device="a")) as a,
+            open_client(server.url, token=server.token(device="b")) as b,
+        ):
+            await a.wait_for(MessageType.DEVICE_JOINED)
+            await b.authenticate(server.token(device="b"), device_type="tablet", device_name="iPad")
+            listed = {d["device_id"]: d for d in (await a.devices())["devices"]}
+            assert (listed["b"]["device_type"], listed["b"]["device_name"]) == ("tablet", "iPad")
+            assert listed["b"]["is_online"] is True
+            await assert_no_presence(a)
