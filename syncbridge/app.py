@@ -15,18 +15,17 @@ from typing import Any
 import trio
 
 from syncbridge.auth import TokenAuthority
+from syncbridge.backend import MemoryBackend, create_backend
 from syncbridge.connection import Connection
 from syncbridge.errors import CloseCode
 from syncbridge.http.health import health, readiness
 from syncbridge.http.response import send_json
 from syncbridge.hub import Hub
-from syncbridge.presence import Presence
 from syncbridge.service import SessionService
 from syncbridge.settings import Settings
 from syncbridge.store.base import Store
-from syncbridge.store.memory import MemoryStore
 
-__all__ = ["SyncBridgeApp", "create_store"]
+__all__ = ["SyncBridgeApp"]
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +34,6 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 WS_PATH = "/ws"
-
-
-def create_store(settings: Settings) -> Store:
-    """The store the settings select (the embedded memory store for now)."""
-    return MemoryStore(
-        session_ttl=settings.session_ttl,
-        history_size=settings.history_size,
-        max_state_bytes=settings.max_state_bytes,
-        max_keys=settings.max_keys,
-    )
 
 
 class SyncBridgeApp:
@@ -58,13 +47,19 @@ class SyncBridgeApp:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.store = store if store is not None else create_store(settings)
         self.hub = Hub(slow_consumer_timeout=settings.slow_consumer_timeout)
-        self.presence = Presence(max_devices_per_session=settings.max_devices_per_session)
+        self.backend = (
+            MemoryBackend(settings, self.hub, store=store)
+            if store is not None
+            else create_backend(settings, self.hub)
+        )
+        self.store = self.backend.store
+        self.presence = self.backend.presence
         self.service = SessionService(
             store=self.store,
             hub=self.hub,
             presence=self.presence,
+            broker=self.backend.broker,
             authority=TokenAuthority(settings.jwt_secret),
             token_ttl=settings.token_ttl,
             leave_timeout=settings.cleanup_timeout / 2,
@@ -111,7 +106,7 @@ class SyncBridgeApp:
             return
         async with trio.open_nursery() as nursery:
             try:
-                await nursery.start(self.store.run)
+                await nursery.start(self.backend.run)
             except Exception as exc:
                 log.exception("start-up failed")
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})

@@ -68,6 +68,8 @@ class Connection:
         self._refused_in_a_row = 0
         self._opened_at = trio.current_time()
         self.last_seen = self._opened_at
+        self._authorized_until: float | None = None  # Unix seconds
+        self._deadlines_changed = trio.Event()
         self._scope = trio.CancelScope()
         send_channel, self._outbox_receive = trio.open_memory_channel[str](settings.outbox_size)
         self.outbox = Outbox(
@@ -76,6 +78,11 @@ class Connection:
             label=f"connection {key}",
         )
         self._outbox_send = send_channel
+
+    def authorize_until(self, expires_at: int) -> None:
+        """Set when the identity expires (each successful Auth moves it)."""
+        self._authorized_until = expires_at
+        self._deadlines_changed.set()
 
     def close(self, code: CloseCode, reason: str) -> None:
         """End the connection with ``code``; the first close code given wins."""
@@ -205,7 +212,7 @@ class Connection:
                     f"no message for {settings.liveness_timeout:g}s",
                 )
             ]
-            if self.claims is None:
+            if self._authorized_until is None:
                 deadlines.append(
                     (
                         self._opened_at + settings.auth_timeout,
@@ -214,7 +221,7 @@ class Connection:
                     )
                 )
             else:
-                remaining = self.claims.expires_at - self._service.clock()
+                remaining = self._authorized_until - self._service.clock()
                 deadlines.append(
                     (now + remaining, CloseCode.TOKEN_EXPIRED, "token expired; refresh with Auth")
                 )
@@ -222,4 +229,7 @@ class Connection:
             if deadline <= now:
                 self.close(code, reason)
                 return
-            await trio.sleep_until(deadline)
+            # Sleep until the earliest deadline, or until an Auth moves them.
+            with trio.move_on_at(deadline):
+                await self._deadlines_changed.wait()
+            self._deadlines_changed = trio.Event()

@@ -87,29 +87,47 @@ class Hub:
     """Session id -> the outboxes of this process's connections to that session."""
 
     def __init__(self, *, slow_consumer_timeout: float) -> None:
-        self._sessions: dict[str, dict[int, Outbox]] = {}
+        # session id -> connection key -> (device id, outbox)
+        self._sessions: dict[str, dict[int, tuple[str, Outbox]]] = {}
         self._timeout = slow_consumer_timeout
         self.slow_consumers_closed = 0
 
-    def subscribe(self, session_id: str, key: int, outbox: Outbox) -> None:
-        """Add a connection (``key`` unique per connection) to a session's fan-out."""
-        self._sessions.setdefault(session_id, {})[key] = outbox
+    def subscribe(self, session_id: str, key: int, outbox: Outbox, *, device_id: str = "") -> bool:
+        """Add a connection (``key`` unique per connection) to a session's fan-out.
 
-    def unsubscribe(self, session_id: str, key: int) -> None:
-        """Remove a connection; forget the session when its last one leaves."""
+        Returns True when it is the session's first connection in this process.
+        """
+        subscribers = self._sessions.setdefault(session_id, {})
+        subscribers[key] = (device_id, outbox)
+        return len(subscribers) == 1
+
+    def unsubscribe(self, session_id: str, key: int) -> bool:
+        """Remove a connection; True when it was the session's last one here."""
         subscribers = self._sessions.get(session_id)
-        if subscribers is None:
-            return
-        subscribers.pop(key, None)
-        if not subscribers:
-            del self._sessions[session_id]
+        if subscribers is None or subscribers.pop(key, None) is None:
+            return False
+        if subscribers:
+            return False
+        del self._sessions[session_id]
+        return True
 
-    def outboxes(self, session_id: str, *, exclude: Collection[int] = ()) -> list[Outbox]:
-        """The outboxes of a session's connections, except those keyed in ``exclude``."""
+    def outboxes(
+        self,
+        session_id: str,
+        *,
+        exclude: Collection[int] = (),
+        exclude_device: str | None = None,
+    ) -> list[Outbox]:
+        """A session's outboxes, except connections keyed in ``exclude`` and every
+        connection of ``exclude_device``."""
         subscribers = self._sessions.get(session_id)
         if not subscribers:
             return []
-        return [box for key, box in subscribers.items() if key not in exclude]
+        return [
+            box
+            for key, (device, box) in subscribers.items()
+            if key not in exclude and (exclude_device is None or device != exclude_device)
+        ]
 
     async def publish(
         self,
@@ -117,16 +135,25 @@ class Hub:
         frame: str,
         *,
         exclude: Collection[int] = (),
+        exclude_device: str | None = None,
         timeout: float | None = None,
     ) -> None:
-        """Fan ``frame`` out to a session's connections except those in ``exclude``.
+        """Fan ``frame`` out to a session's connections (see :meth:`outboxes`).
 
         ``timeout`` shortens the wait for full outboxes (clean-up has its own bound).
         """
-        targets = self.outboxes(session_id, exclude=exclude)
+        targets = self.outboxes(session_id, exclude=exclude, exclude_device=exclude_device)
         if targets:
             wait = self._timeout if timeout is None else min(timeout, self._timeout)
             self.slow_consumers_closed += await deliver(targets, frame, timeout=wait)
+
+    def close_session(self, session_id: str) -> int:
+        """Close every local connection of a session as a slow consumer (they resync)."""
+        boxes = self.outboxes(session_id)
+        for box in boxes:
+            box.close_slow()
+        self.slow_consumers_closed += len(boxes)
+        return len(boxes)
 
     async def send(self, outbox: Outbox, frame: str) -> None:
         """Send one reply with the same slow-consumer rule as fan-out."""

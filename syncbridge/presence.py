@@ -1,14 +1,70 @@
-"""Which devices of each session are online in this process (memory presence)."""
+"""Which devices of each session are online: the PresenceStore protocol, and memory presence.
+
+The Redis version (``syncbridge.redis.presence``) keeps the same facts in Redis
+with expiry, so presence spans processes and a crashed process's devices leave.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
+import trio
 
 from syncbridge.errors import LimitExceeded
 
-__all__ = ["Device", "Presence"]
+__all__ = ["Device", "MemoryPresence", "Presence", "PresenceStore"]
+
+
+class PresenceStore(Protocol):
+    """Presence as the service uses it.
+
+    ``announce`` is the DeviceJoined/DeviceLeft frame for the session's other
+    devices; a store with ``publishes`` True delivers it itself (atomically with
+    the change), otherwise the caller does when the result is True.
+    """
+
+    publishes: bool
+
+    async def join(
+        self,
+        session_id: str,
+        *,
+        device_id: str,
+        user_id: str,
+        connection: int,
+        device_type: str | None,
+        device_name: str | None,
+        now: int,
+        announce: str,
+    ) -> bool:
+        """Record a connection; True when its device came online. LimitExceeded at the cap."""
+        ...
+
+    async def leave(
+        self,
+        session_id: str,
+        *,
+        device_id: str,
+        user_id: str,
+        connection: int,
+        now: int,
+        announce: str,
+    ) -> bool:
+        """Forget a connection; True when its device went offline."""
+        ...
+
+    async def devices(self, session_id: str) -> list[dict[str, Any]]:
+        """The DeviceList entries of a session."""
+        ...
+
+    def touch(self, session_id: str, device_id: str, now: int) -> None:
+        """A sign of life from a device (may be ignored by stores that refresh otherwise)."""
+        ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background upkeep until cancelled."""
+        ...
 
 
 @attrs.define(kw_only=True)
@@ -135,3 +191,68 @@ class Presence:
     def session_count(self) -> int:
         """Sessions with at least one device online."""
         return len(self._sessions)
+
+
+class MemoryPresence:
+    """PresenceStore over :class:`Presence`, for one process."""
+
+    publishes = False
+
+    def __init__(self, presence: Presence) -> None:
+        self.presence = presence
+
+    async def join(
+        self,
+        session_id: str,
+        *,
+        device_id: str,
+        user_id: str,
+        connection: int,
+        device_type: str | None,
+        device_name: str | None,
+        now: int,
+        announce: str,
+    ) -> bool:
+        """See :meth:`Presence.join`."""
+        await trio.lowlevel.checkpoint()
+        return self.presence.join(
+            session_id,
+            device_id=device_id,
+            user_id=user_id,
+            connection=connection,
+            device_type=device_type,
+            device_name=device_name,
+            now=now,
+        )
+
+    async def leave(
+        self,
+        session_id: str,
+        *,
+        device_id: str,
+        user_id: str,
+        connection: int,
+        now: int,
+        announce: str,
+    ) -> bool:
+        """See :meth:`Presence.leave`."""
+        await trio.lowlevel.checkpoint()
+        return self.presence.leave(session_id, device_id=device_id, connection=connection, now=now)
+
+    async def devices(self, session_id: str) -> list[dict[str, Any]]:
+        """The session's devices, online first."""
+        await trio.lowlevel.checkpoint()
+        return [d.describe() for d in self.presence.devices(session_id)]
+
+    def touch(self, session_id: str, device_id: str, now: int) -> None:
+        """Note a sign of life."""
+        self.presence.touch(session_id, device_id, now)
+
+    @property
+    def session_count(self) -> int:
+        """Sessions with a device online."""
+        return self.presence.session_count
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Nothing to maintain."""
+        task_status.started()

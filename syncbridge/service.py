@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+import orjson
 import trio
 
 from syncbridge.auth import Claims, TokenAuthority
+from syncbridge.broker import Broker
 from syncbridge.errors import (
     AuthenticationError,
     CloseCode,
@@ -24,9 +26,10 @@ from syncbridge.errors import (
     NotAuthenticated,
     PermissionDenied,
     RequestError,
+    StoreUnavailable,
 )
 from syncbridge.hub import Hub, Outbox
-from syncbridge.presence import Presence
+from syncbridge.presence import PresenceStore
 from syncbridge.protocol.codec import encode, error_payload
 from syncbridge.protocol.messages import (
     PROTECTED_TYPES,
@@ -37,7 +40,8 @@ from syncbridge.protocol.messages import (
     SnapshotRequest,
     StateUpdateRequest,
 )
-from syncbridge.store.base import Store
+from syncbridge.protocol.session import Snapshot
+from syncbridge.store.base import Origin, Store
 
 __all__ = ["Peer", "SessionService"]
 
@@ -53,6 +57,10 @@ class Peer(Protocol):
     device_type: str | None
     device_name: str | None
 
+    def authorize_until(self, expires_at: int) -> None:
+        """The connection's identity is valid until ``expires_at`` (Unix s) unless refreshed."""
+        ...
+
     def close(self, code: CloseCode, reason: str) -> None:
         """End the connection with a close code."""
         ...
@@ -66,20 +74,24 @@ class SessionService:
         *,
         store: Store,
         hub: Hub,
-        presence: Presence,
+        presence: PresenceStore,
+        broker: Broker,
         authority: TokenAuthority,
         token_ttl: float,
         leave_timeout: float = 1.0,
+        max_replay_bytes: int = 1_000_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.hub = hub
         self.presence = presence
+        self.broker = broker
         self.authority = authority
         self._token_ttl = token_ttl
         # DeviceLeft is sent from a closing connection's bounded clean-up, so
         # it may wait for full outboxes only part of that bound.
         self._leave_timeout = leave_timeout
+        self._max_replay_bytes = max_replay_bytes
         self.clock = clock
         self._last_time = 0
         self._locks: dict[str, trio.Lock] = {}
@@ -152,29 +164,57 @@ class SessionService:
                 cid,
             )
             return
-        # join() is idempotent for a connection already joined: a refresh only
-        # updates the device's description and last_seen.
+        device_type = request.device_type or peer.device_type
+        device_name = request.device_name or peer.device_name
+        joined = self._broadcast_frame(
+            claims,
+            MessageType.DEVICE_JOINED,
+            {
+                "device_id": claims.device_id,
+                "user_id": claims.user_id,
+                "device_type": device_type,
+                "device_name": device_name,
+                "connected_at": self.now(),
+            },
+        )
+        if previous is None:
+            # Receive the session's events in this process before joining, so
+            # nothing that happens after AuthSuccess can be missed.
+            await self.broker.watch(claims.session_id)
         try:
-            came_online = self.presence.join(
+            # join() is idempotent for a connection already joined: a refresh
+            # only updates the device's description.
+            came_online = await self.presence.join(
                 claims.session_id,
                 device_id=claims.device_id,
                 user_id=claims.user_id,
                 connection=peer.key,
-                device_type=request.device_type,
-                device_name=request.device_name,
+                device_type=device_type,
+                device_name=device_name,
                 now=self.now(),
+                announce=joined,
             )
         except LimitExceeded as exc:
+            if previous is None:
+                await self.broker.unwatch(claims.session_id)
             # Still an answer to Auth, so v1 clients waiting for 8 or 9 get one.
             payload = error_payload(exc.status, exc.error_code, exc.message, exc.details)
             await self._reply(peer, MessageType.AUTH_FAILURE, payload, cid)
             return
+        except BaseException:
+            if previous is None:
+                with trio.CancelScope(shield=True):
+                    await self.broker.unwatch(claims.session_id)
+            raise
         if previous is None:
-            self.hub.subscribe(claims.session_id, peer.key, peer.outbox)
+            self.hub.subscribe(claims.session_id, peer.key, peer.outbox, device_id=claims.device_id)
         peer.claims = claims
-        peer.device_type = request.device_type or peer.device_type
-        peer.device_name = request.device_name or peer.device_name
+        peer.device_type = device_type
+        peer.device_name = device_name
         new_token, expires_at = self.authority.refresh(claims, ttl=self._token_ttl, now=now)
+        # The socket stays authorised as long as the token it was just handed:
+        # that is what expires_at tells the client (decision 0005).
+        peer.authorize_until(expires_at)
         await self._reply(
             peer,
             MessageType.AUTH_SUCCESS,
@@ -194,28 +234,37 @@ class SessionService:
                 claims.session_id,
                 peer.key,
             )
-            await self._announce(
-                peer,
-                claims,
-                MessageType.DEVICE_JOINED,
-                {
-                    "device_id": claims.device_id,
-                    "user_id": claims.user_id,
-                    "device_type": peer.device_type,
-                    "device_name": peer.device_name,
-                    "connected_at": self.now(),
-                },
-            )
+            if not self.presence.publishes:
+                await self.broker.publish(
+                    claims.session_id, joined, exclude_device=claims.device_id
+                )
+        if request.last_version is not None:
+            await self._resume(peer, claims, request.last_version, cid)
 
-    async def _announce(
-        self, peer: Peer, claims: Claims, msg_type: MessageType, payload: dict[str, Any]
-    ) -> None:
-        # Presence goes to the *other devices*: the device's own other tabs
-        # already know it is online.
-        device = self.presence.device(claims.session_id, claims.device_id)
-        own = device.connections if device is not None else {peer.key}
-        frame = self._broadcast_frame(claims, msg_type, payload)
-        await self.hub.publish(claims.session_id, frame, exclude=own)
+    async def _resume(self, peer: Peer, claims: Claims, since: int, cid: Any) -> None:
+        """Resume (15): exactly the changes after ``since``, or a snapshot when history
+        no longer reaches back (or the replay would be larger than a snapshot may be)."""
+        changes = await self.store.changes_since(claims.session_id, since)
+        payload: dict[str, Any]
+        if changes is not None:
+            described = [c.describe() for c in changes]
+            if len(orjson.dumps(described)) <= self._max_replay_bytes:
+                payload = {
+                    "mode": "changes",
+                    "from_version": since,
+                    "version": changes[-1].version if changes else since,
+                    "changes": described,
+                }
+                await self._reply(peer, MessageType.RESUME, payload, cid)
+                return
+        snap = await self.store.snapshot(claims.session_id)
+        payload = {
+            "mode": "snapshot",
+            "from_version": since,
+            "version": snap.version,
+            "snapshot": _snapshot_payload(snap),
+        }
+        await self._reply(peer, MessageType.RESUME, payload, cid)
 
     def _broadcast_frame(
         self, claims: Claims, msg_type: MessageType, payload: dict[str, Any], cid: Any = None
@@ -245,18 +294,7 @@ class SessionService:
                 correlation_id=cid,
             )
         snap = await self.store.snapshot(claims.session_id)
-        await self._reply(
-            peer,
-            MessageType.SNAPSHOT_RESPONSE,
-            {
-                "session_id": snap.session_id,
-                "state_data": snap.state,
-                "created_at": snap.created_at,
-                "updated_at": snap.updated_at,
-                "version": snap.version,
-            },
-            cid,
-        )
+        await self._reply(peer, MessageType.SNAPSHOT_RESPONSE, _snapshot_payload(snap), cid)
 
     @asynccontextmanager
     async def _session_lock(self, session_id: str) -> AsyncIterator[None]:
@@ -279,7 +317,11 @@ class SessionService:
         claims = self._owned(peer)
         async with self._session_lock(claims.session_id):
             change = await self.store.apply(
-                claims.session_id, request.key, request.value, request.operation
+                claims.session_id,
+                request.key,
+                request.value,
+                request.operation,
+                Origin(claims.user_id, claims.device_id, peer.key),
             )
             payload = {
                 "key": change.key,
@@ -298,15 +340,16 @@ class SessionService:
                 peer.outbox,
                 self._broadcast_frame(claims, MessageType.STATE_UPDATE, payload, cid),
             )
-            await self.hub.publish(
-                claims.session_id,
-                self._broadcast_frame(claims, MessageType.STATE_UPDATE, payload),
-                exclude=(peer.key,),
-            )
+            if not self.store.publishes:
+                await self.broker.publish(
+                    claims.session_id,
+                    self._broadcast_frame(claims, MessageType.STATE_UPDATE, payload),
+                    origin=peer.key,
+                )
 
     async def _device_list(self, peer: Peer, cid: Any) -> None:
         claims = self._owned(peer)
-        devices = [d.describe() for d in self.presence.devices(claims.session_id)]
+        devices = await self.presence.devices(claims.session_id)
         await self._reply(
             peer, MessageType.DEVICE_LIST, {"devices": devices, "count": len(devices)}, cid
         )
@@ -319,20 +362,46 @@ class SessionService:
     async def disconnect(self, peer: Peer) -> None:
         """Forget a closing connection and tell the other devices if its device left.
 
-        Runs in the connection's shielded clean-up; never raises.
+        Runs in the connection's shielded, bounded clean-up; never raises. If the
+        store is unreachable, the presence entry expires by itself instead.
         """
         claims = peer.claims
         if claims is None:
             return
         self.hub.unsubscribe(claims.session_id, peer.key)
-        went_offline = self.presence.leave(
-            claims.session_id, device_id=claims.device_id, connection=peer.key, now=self.now()
+        now = self.now()
+        left = self._broadcast_frame(
+            claims,
+            MessageType.DEVICE_LEFT,
+            {"device_id": claims.device_id, "user_id": claims.user_id, "last_seen": now},
         )
-        if went_offline:
-            log.info("device %s left session %s", claims.device_id, claims.session_id)
-            frame = self._broadcast_frame(
-                claims,
-                MessageType.DEVICE_LEFT,
-                {"device_id": claims.device_id, "user_id": claims.user_id, "last_seen": self.now()},
+        try:
+            went_offline = await self.presence.leave(
+                claims.session_id,
+                device_id=claims.device_id,
+                user_id=claims.user_id,
+                connection=peer.key,
+                now=now,
+                announce=left,
             )
-            await self.hub.publish(claims.session_id, frame, timeout=self._leave_timeout)
+            if went_offline:
+                log.info("device %s left session %s", claims.device_id, claims.session_id)
+                if not self.presence.publishes:
+                    await self.broker.publish(claims.session_id, left, timeout=self._leave_timeout)
+        except StoreUnavailable as exc:
+            log.warning("presence of connection %d not removed: %s", peer.key, exc.message)
+        finally:
+            try:
+                await self.broker.unwatch(claims.session_id)
+            except StoreUnavailable as exc:
+                log.warning("unwatch of %s failed: %s", claims.session_id, exc.message)
+
+
+def _snapshot_payload(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "session_id": snap.session_id,
+        "state_data": snap.state,
+        "created_at": snap.created_at,
+        "updated_at": snap.updated_at,
+        "version": snap.version,
+    }

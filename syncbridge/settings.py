@@ -68,6 +68,16 @@ def _one_of(choices: tuple[str, ...]) -> Any:
     return check
 
 
+def _not_negative(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must not be negative, got {value}")
+
+
+def _optional_address(inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value:
+        _address(inst, attribute, value)
+
+
 def _address(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
     _host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -194,9 +204,58 @@ class Settings:
         validator=_positive,
         metadata=_opt("CLEANUP_TIMEOUT", "bound on a closing connection's clean-up"),
     )
+    redis_url: str = attrs.field(
+        default="",
+        repr=False,  # may carry a password
+        metadata=_opt(
+            "REDIS_URL",
+            "redis://, rediss:// (TLS) or unix:// URL; set (or REDIS_ADDR) to use Redis",
+            flag=False,
+            secret=True,
+        ),
+    )
+    redis_addr: str = attrs.field(
+        default="",
+        validator=_optional_address,
+        metadata=_opt("REDIS_ADDR", "Redis HOST:PORT (e.g. localhost:6379); unset: memory store"),
+    )
+    redis_username: str = attrs.field(
+        default="", metadata=_opt("REDIS_USERNAME", "Redis ACL user name")
+    )
+    redis_password: str = attrs.field(
+        default="",
+        repr=False,
+        metadata=_opt("REDIS_PASSWORD", "Redis password", flag=False, secret=True),
+    )
+    redis_db: int = attrs.field(
+        default=0,
+        validator=_not_negative,
+        metadata=_opt("REDIS_DB", "Redis database number (not with REDIS_CLUSTER)"),
+    )
+    redis_cluster: bool = attrs.field(
+        default=False,
+        metadata=_opt("REDIS_CLUSTER", "the Redis address is a Redis Cluster node"),
+    )
+    store_timeout: float = attrs.field(
+        default=2.0,
+        validator=_positive,
+        metadata=_opt("STORE_TIMEOUT", "longest wait for one Redis operation (then 503)"),
+    )
+    presence_ttl: float = attrs.field(
+        default=30.0,
+        validator=_positive,
+        metadata=_opt(
+            "PRESENCE_TTL", "a crashed process's devices disappear after this (Redis store)"
+        ),
+    )
     secret_is_ephemeral: bool = attrs.field(
         default=False, metadata=_opt(None, "set when JWT_SECRET was generated", flag=False)
     )
+
+    @property
+    def uses_redis(self) -> bool:
+        """Whether Redis is the store (REDIS_URL or REDIS_ADDR set)."""
+        return bool(self.redis_url or self.redis_addr)
 
     @property
     def host(self) -> str:

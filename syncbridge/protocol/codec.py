@@ -43,7 +43,14 @@ def _operation(value: Any, _type: Any) -> Operation:
         raise ValueError(f'expected "SET" or "DELETE", got {value!r}') from None
 
 
+def _strict_int(value: Any, _type: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {_json_type(value)}")
+    return value
+
+
 converter.register_structure_hook(str, _strict_str)
+converter.register_structure_hook(int, _strict_int)
 converter.register_structure_hook(Operation, _operation)
 
 

@@ -42,6 +42,7 @@ class MessageType(enum.IntEnum):
     DEVICE_LIST = 12
     BROADCAST = 13
     ADMIN_UPDATE = 14  # reserved by v1; deliberately not implemented (no content push)
+    RESUME = 15  # SyncBridge extension: reply to Auth with last_version
 
 
 class Operation(enum.StrEnum):
@@ -93,6 +94,11 @@ def _max_chars(limit: int) -> Any:
     return check
 
 
+def _not_negative(_inst: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and value < 0:
+        raise InvalidField(attribute.name, f"{attribute.name} must not be negative")
+
+
 def _non_empty(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value:
         raise InvalidField(attribute.name, f"{attribute.name} must not be empty")
@@ -114,6 +120,9 @@ class AuthRequest:
     token: Any = None
     device_type: str | None = attrs.field(default=None, validator=_max_chars(MAX_NAME_CHARS))
     device_name: str | None = attrs.field(default=None, validator=_max_chars(MAX_NAME_CHARS))
+    # SyncBridge extension: the last version this client holds; the server
+    # answers with Resume (15) carrying what it missed.
+    last_version: int | None = attrs.field(default=None, validator=_not_negative)
 
 
 @attrs.frozen(kw_only=True)

@@ -27,6 +27,19 @@ class Change:
     value: Any
     operation: Operation
     at: int  # Unix seconds when the store accepted it
+    user_id: str | None = None  # who made it (replayed changes carry it)
+    device_id: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The change as a Resume (15) entry."""
+        return {
+            "key": self.key,
+            "value": self.value,
+            "operation": self.operation.value,
+            "version": self.version,
+            "user_id": self.user_id,
+            "device_id": self.device_id,
+        }
 
 
 @attrs.frozen(kw_only=True)
@@ -77,6 +90,8 @@ class SessionState:
         now: int,
         max_state_bytes: int,
         max_keys: int,
+        user_id: str | None = None,
+        device_id: str | None = None,
     ) -> Change:
         """Apply one change and return it with its version; raise if it breaks a limit."""
         if operation is Operation.DELETE:
@@ -109,7 +124,15 @@ class SessionState:
         if self.created_at is None:
             self.created_at = now
         self.updated_at = now
-        change = Change(version=self.version, key=key, value=value, operation=operation, at=now)
+        change = Change(
+            version=self.version,
+            key=key,
+            value=value,
+            operation=operation,
+            at=now,
+            user_id=user_id,
+            device_id=device_id,
+        )
         self.history.append(change)
         return change
 

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import attrs
 import trio
 
 from syncbridge.protocol.messages import Operation
 from syncbridge.protocol.session import Change, Snapshot
 
-__all__ = ["Store"]
+__all__ = ["Origin", "Store"]
+
+
+@attrs.frozen
+class Origin:
+    """Who made a change: the identity for the broadcast and the connection to skip."""
+
+    user_id: str
+    device_id: str
+    connection: int
 
 
 class Store(Protocol):
@@ -23,12 +33,22 @@ class Store(Protocol):
     """
 
     name: str
+    #: True when ``apply`` itself delivers the change to every process's
+    #: subscribers (Redis publishes from its script); False when the caller must.
+    publishes: bool
 
     async def snapshot(self, session_id: str) -> Snapshot:
         """The whole state of a session (version 0 and empty when never written)."""
         ...
 
-    async def apply(self, session_id: str, key: str, value: Any, operation: Operation) -> Change:
+    async def apply(
+        self,
+        session_id: str,
+        key: str,
+        value: Any,
+        operation: Operation,
+        origin: Origin | None = None,
+    ) -> Change:
         """Apply one change atomically and return it with its new version."""
         ...
 

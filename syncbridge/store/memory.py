@@ -10,6 +10,7 @@ import trio
 
 from syncbridge.protocol.messages import Operation
 from syncbridge.protocol.session import Change, SessionState, Snapshot
+from syncbridge.store.base import Origin
 
 __all__ = ["MemoryStore"]
 
@@ -22,6 +23,8 @@ class MemoryStore:
     """
 
     name = "memory"
+    #: The service fans changes out itself; nothing else would.
+    publishes = False
 
     def __init__(
         self,
@@ -63,7 +66,14 @@ class MemoryStore:
             )
         return state.snapshot()
 
-    async def apply(self, session_id: str, key: str, value: Any, operation: Operation) -> Change:
+    async def apply(
+        self,
+        session_id: str,
+        key: str,
+        value: Any,
+        operation: Operation,
+        origin: Origin | None = None,
+    ) -> Change:
         """Apply one change; the whole read-modify-write happens without a checkpoint."""
         now = self._clock()
         state = self._live(session_id)
@@ -76,6 +86,8 @@ class MemoryStore:
             now=int(now),
             max_state_bytes=self._max_state_bytes,
             max_keys=self._max_keys,
+            user_id=origin.user_id if origin else None,
+            device_id=origin.device_id if origin else None,
         )
         # Registered only once a change is accepted: a refused first write must
         # leave no session behind (every held session has an expiry).

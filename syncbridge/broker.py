@@ -1,0 +1,82 @@
+"""Brokers carry session events (broadcasts, presence) to the right connections.
+
+The local broker hands frames straight to this process's hub. The Redis broker
+(``syncbridge.redis.broker``) publishes them to the session's channel, and its
+relay delivers what arrives to local connections, so every process sees every
+event of the sessions it serves, in the order Redis published them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import trio
+
+from syncbridge.hub import Hub
+
+__all__ = ["Broker", "LocalBroker"]
+
+
+class Broker(Protocol):
+    """Delivery of a session's events to its connections, wherever they are."""
+
+    async def publish(
+        self,
+        session_id: str,
+        frame: str,
+        *,
+        origin: int | None = None,
+        exclude_device: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Deliver ``frame`` to the session's connections except the origin connection
+        and every connection of ``exclude_device``."""
+        ...
+
+    async def watch(self, session_id: str) -> None:
+        """This process has a connection in the session: receive its events (idempotent
+        per call; each watch is matched by one unwatch)."""
+        ...
+
+    async def unwatch(self, session_id: str) -> None:
+        """One fewer local connection in the session."""
+        ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Background delivery until cancelled; started by the app's lifespan."""
+        ...
+
+
+class LocalBroker:
+    """One process: events go directly to the hub's outboxes."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    async def publish(
+        self,
+        session_id: str,
+        frame: str,
+        *,
+        origin: int | None = None,
+        exclude_device: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Fan out now, with the hub's slow-consumer rule."""
+        await self._hub.publish(
+            session_id,
+            frame,
+            exclude=() if origin is None else (origin,),
+            exclude_device=exclude_device,
+            timeout=timeout,
+        )
+
+    async def watch(self, session_id: str) -> None:
+        """Nothing to subscribe to."""
+
+    async def unwatch(self, session_id: str) -> None:
+        """Nothing to unsubscribe from."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """No background work."""
+        task_status.started()

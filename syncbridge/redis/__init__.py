@@ -1,0 +1,1 @@
+"""The Redis backend: the only package that imports the Redis client (coredis)."""

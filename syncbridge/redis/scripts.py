@@ -1,0 +1,168 @@
+"""Server-side Lua scripts: every write is one atomic round trip.
+
+All keys a script touches share the session's hash tag, so each script runs on
+one Redis Cluster node; the channel shares it too, so SPUBLISH works from the
+script on a cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["APPLY", "CHANGES", "PRESENCE_JOIN", "PRESENCE_LEAVE", "PRESENCE_REAP", "SNAPSHOT"]
+
+#: KEYS: state, meta, history.
+#: ARGV: field, op (SET|DELETE), value JSON, now (s), ttl (ms), history size,
+#:       max bytes, max keys, channel, envelope tail JSON, origin header,
+#:       user_id, device_id, publish command (PUBLISH|SPUBLISH).
+#: Returns {"OK", version, created_at} or {error code, detail}.
+#: The state size counts bytes exactly as the memory store does:
+#: len(key) + len(JSON value).
+APPLY: Final = """
+local state, meta, history = KEYS[1], KEYS[2], KEYS[3]
+local field, op, value = ARGV[1], ARGV[2], ARGV[3]
+local now = ARGV[4]
+local ttl = tonumber(ARGV[5])
+local total = tonumber(redis.call('HGET', meta, 'bytes') or '0')
+local exists = redis.call('HEXISTS', state, field) == 1
+local old = 0
+if exists then old = #field + redis.call('HSTRLEN', state, field) end
+if op == 'SET' then
+  local new_total = total - old + #field + #value
+  if new_total > tonumber(ARGV[7]) then return {'STATE_TOO_LARGE', new_total} end
+  if (not exists) and redis.call('HLEN', state) >= tonumber(ARGV[8]) then
+    return {'TOO_MANY_KEYS', tonumber(ARGV[8])}
+  end
+  redis.call('HSET', state, field, value)
+  total = new_total
+else
+  if exists then
+    redis.call('HDEL', state, field)
+    total = total - old
+  end
+  value = 'null'
+end
+local version = redis.call('HINCRBY', meta, 'version', 1)
+redis.call('HSET', meta, 'bytes', total, 'updated_at', now)
+redis.call('HSETNX', meta, 'created_at', now)
+local key_json = cjson.encode(field)
+local record = '{"version":' .. version .. ',"key":' .. key_json .. ',"value":' .. value ..
+  ',"operation":"' .. op .. '","at":' .. now .. ',"user_id":' .. cjson.encode(ARGV[12]) ..
+  ',"device_id":' .. cjson.encode(ARGV[13]) .. '}'
+redis.call('RPUSH', history, record)
+redis.call('LTRIM', history, -tonumber(ARGV[6]), -1)
+redis.call('PEXPIRE', state, ttl)
+redis.call('PEXPIRE', meta, ttl)
+redis.call('PEXPIRE', history, ttl)
+local frame = '{"type":5,"timestamp":' .. now .. ',"payload":{"key":' .. key_json ..
+  ',"value":' .. value .. ',"operation":"' .. op .. '","version":' .. version .. '}' .. ARGV[10]
+redis.call(ARGV[14], ARGV[9], ARGV[11] .. frame)
+return {'OK', version, redis.call('HGET', meta, 'created_at')}
+"""
+
+#: KEYS: state, meta. Returns {flat field/value list, {version, created_at, updated_at}}.
+SNAPSHOT: Final = """
+return {redis.call('HGETALL', KEYS[1]),
+        redis.call('HMGET', KEYS[2], 'version', 'created_at', 'updated_at')}
+"""
+
+#: KEYS: meta, history. Returns {version or false, history records (JSON)}.
+CHANGES: Final = """
+return {redis.call('HGET', KEYS[1], 'version'), redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+
+# Presence: a sorted set of "<device_id>\\x1f<connection id>" scored by expiry
+# (ms), and a hash of device descriptions. A device is online while one of its
+# members has not expired.
+
+_PRESENCE_HELPERS: Final = """
+local function device_of(member)
+  local i = string.find(member, '\\31', 1, true)
+  return string.sub(member, 1, i - 1)
+end
+local function online_devices(zset, now)
+  local seen, count = {}, 0
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', zset, '(' .. now, '+inf')) do
+    local d = device_of(m)
+    if not seen[d] then seen[d] = true; count = count + 1 end
+  end
+  return seen, count
+end
+"""
+
+#: KEYS: presence zset, devices hash.
+#: ARGV: member, device_id, expiry ms, now ms, max devices, description JSON,
+#:       ttl ms, channel, joined message (header + frame), publish command.
+#: Returns {1 came online | 0 already online} or {-1, online count} at the limit.
+PRESENCE_JOIN: Final = (
+    _PRESENCE_HELPERS
+    + """
+local zset, devices = KEYS[1], KEYS[2]
+local member, device = ARGV[1], ARGV[2]
+local online, count = online_devices(zset, ARGV[4])
+local came_online = 0
+if not online[device] then
+  if count >= tonumber(ARGV[5]) then return {-1, count} end
+  came_online = 1
+end
+local desc = ARGV[6]
+if came_online == 0 then
+  -- another connection of an online device: keep when the device came online
+  local old = redis.call('HGET', devices, device)
+  if old then
+    local o, n = cjson.decode(old), cjson.decode(desc)
+    n['connected_at'] = o['connected_at']
+    desc = cjson.encode(n)
+  end
+end
+redis.call('ZADD', zset, ARGV[3], member)
+redis.call('HSET', devices, device, desc)
+redis.call('PEXPIRE', zset, ARGV[7])
+redis.call('PEXPIRE', devices, ARGV[7])
+if came_online == 1 then redis.call(ARGV[10], ARGV[8], ARGV[9]) end
+return {came_online, count}
+"""
+)
+
+#: KEYS: presence zset, devices hash.
+#: ARGV: member, device_id, now ms, description JSON (with last_seen), channel,
+#:       left message (header + frame), publish command.
+#: Returns 1 when the device went offline with this member (DeviceLeft published).
+PRESENCE_LEAVE: Final = (
+    _PRESENCE_HELPERS
+    + """
+local zset, devices = KEYS[1], KEYS[2]
+if redis.call('ZREM', zset, ARGV[1]) == 0 then return 0 end
+local online = online_devices(zset, ARGV[3])
+if online[ARGV[2]] then return 0 end
+redis.call('HSET', devices, ARGV[2], ARGV[4])
+redis.call(ARGV[7], ARGV[5], ARGV[6])
+return 1
+"""
+)
+
+#: KEYS: presence zset, devices hash. ARGV: now ms.
+#: Removes expired members (their process stopped refreshing them) and returns
+#: the descriptions of the devices that went offline because of it, once:
+#: ZREM decides which of several reaping processes reports a device.
+PRESENCE_REAP: Final = (
+    _PRESENCE_HELPERS
+    + """
+local zset, devices = KEYS[1], KEYS[2]
+local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', ARGV[1])
+if #expired == 0 then return {} end
+local gone = {}
+for _, m in ipairs(expired) do
+  if redis.call('ZREM', zset, m) == 1 then gone[device_of(m)] = true end
+end
+local online = online_devices(zset, ARGV[1])
+local left = {}
+for d, _ in pairs(gone) do
+  if not online[d] then
+    table.insert(left, d)
+    table.insert(left, redis.call('HGET', devices, d) or '{}')
+  end
+end
+return left
+"""
+)

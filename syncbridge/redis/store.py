@@ -1,0 +1,192 @@
+"""RedisStore: durable, versioned session state; one script round trip per update."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import trio
+
+from syncbridge.errors import LimitExceeded
+from syncbridge.protocol.messages import Operation
+from syncbridge.protocol.session import Change, Snapshot
+from syncbridge.redis import scripts
+from syncbridge.redis.connection import Keys, RedisClient, call
+from syncbridge.store.base import Origin
+
+__all__ = ["RedisStore"]
+
+
+def _int(raw: Any) -> int | None:
+    return int(raw) if raw is not None else None
+
+
+class RedisStore:
+    """The Store protocol on Redis (or Redis Cluster).
+
+    ``apply`` runs :data:`scripts.APPLY`: version bump, hash write, capped
+    history, TTL refresh and publish happen atomically, so an acknowledged
+    update is in Redis and on its way to every process.
+    """
+
+    name = "redis"
+    publishes = True
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        header: Callable[[int | None, str | None], str],
+        publish_command: str,
+        session_ttl: float,
+        history_size: int,
+        max_state_bytes: int,
+        max_keys: int,
+        timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._header = header
+        self._publish = publish_command
+        self._ttl_ms = int(session_ttl * 1000)
+        self._history_size = history_size
+        self._max_state_bytes = max_state_bytes
+        self._max_keys = max_keys
+        self._timeout = timeout
+        self._clock = clock
+        self._apply = client.register_script(scripts.APPLY)
+        self._snapshot = client.register_script(scripts.SNAPSHOT)
+        self._changes = client.register_script(scripts.CHANGES)
+
+    async def apply(
+        self,
+        session_id: str,
+        key: str,
+        value: Any,
+        operation: Operation,
+        origin: Origin | None = None,
+    ) -> Change:
+        """Apply one change in one round trip; raise LimitExceeded or StoreUnavailable."""
+        keys = Keys(session_id)
+        now = int(self._clock())
+        value_json = b"null" if operation is Operation.DELETE else orjson.dumps(value)
+        tail = orjson.dumps(
+            {
+                "session_id": session_id,
+                "user_id": origin.user_id if origin else None,
+                "device_id": origin.device_id if origin else None,
+            }
+        )
+        # The script appends the envelope's identity fields after "payload".
+        tail_text = "," + tail.decode()[1:]
+        reply: Any = await call(
+            "update",
+            self._timeout,
+            lambda: self._apply(
+                keys=[keys.state, keys.meta, keys.history],
+                args=[
+                    key,
+                    operation.value,
+                    value_json,
+                    now,
+                    self._ttl_ms,
+                    self._history_size,
+                    self._max_state_bytes,
+                    self._max_keys,
+                    keys.channel,
+                    tail_text,
+                    self._header(origin.connection if origin else None, None),
+                    origin.user_id if origin else "",
+                    origin.device_id if origin else "",
+                    self._publish,
+                ],
+            ),
+        )
+        status = reply[0]
+        if status == b"STATE_TOO_LARGE":
+            raise LimitExceeded(
+                f"session state would grow to {reply[1]} bytes; the limit is "
+                f"{self._max_state_bytes} bytes",
+                status=413,
+                error_code="STATE_TOO_LARGE",
+                details={"limit_bytes": self._max_state_bytes, "would_be_bytes": int(reply[1])},
+            )
+        if status == b"TOO_MANY_KEYS":
+            raise LimitExceeded(
+                f"session already holds {self._max_keys} keys; the limit is {self._max_keys}",
+                status=413,
+                error_code="TOO_MANY_KEYS",
+                details={"limit_keys": self._max_keys},
+            )
+        return Change(
+            version=int(reply[1]),
+            key=key,
+            value=None if operation is Operation.DELETE else value,
+            operation=operation,
+            at=now,
+            user_id=origin.user_id if origin else None,
+            device_id=origin.device_id if origin else None,
+        )
+
+    async def snapshot(self, session_id: str) -> Snapshot:
+        """The whole state and its version, read atomically."""
+        keys = Keys(session_id)
+        result: Any = await call(
+            "snapshot",
+            self._timeout,
+            lambda: self._snapshot(keys=[keys.state, keys.meta], readonly=True),
+        )
+        flat, meta = result
+        state = {flat[i].decode(): orjson.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+        version, created_at, updated_at = (_int(x) for x in meta)
+        return Snapshot(
+            session_id=session_id,
+            state=state,
+            version=version or 0,
+            created_at=created_at,
+            updated_at=updated_at,
+        )
+
+    async def changes_since(self, session_id: str, version: int) -> list[Change] | None:
+        """The changes after ``version`` from the capped history, or None."""
+        keys = Keys(session_id)
+        result: Any = await call(
+            "history",
+            self._timeout,
+            lambda: self._changes(keys=[keys.meta, keys.history], readonly=True),
+        )
+        current, records = result
+        now_version = _int(current) or 0
+        if version == now_version:
+            return []
+        if version > now_version:
+            return None  # the session restarted (expired): the client must take a snapshot
+        changes = [_change(orjson.loads(r)) for r in records]
+        if not changes or changes[0].version > version + 1:
+            return None
+        return [c for c in changes if c.version > version]
+
+    async def ping(self) -> float:
+        """Round-trip time of a PING."""
+        started = time.perf_counter()
+        await call("ping", self._timeout, self._client.ping)
+        return time.perf_counter() - started
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Nothing to do in the background: Redis expires sessions by itself."""
+        task_status.started()
+        await trio.sleep_forever()
+
+
+def _change(record: dict[str, Any]) -> Change:
+    return Change(
+        version=record["version"],
+        key=record["key"],
+        value=record["value"],
+        operation=Operation(record["operation"]),
+        at=record["at"],
+        user_id=record.get("user_id") or None,
+        device_id=record.get("device_id") or None,
+    )
