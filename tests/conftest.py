@@ -15,6 +15,10 @@ from syncbridge.auth import TokenAuthority
 from syncbridge.server import ServerInfo, serve
 from syncbridge.settings import Settings, load_settings
 
+from .redis_harness import redis_cluster, redis_server
+
+__all__ = ["redis_cluster", "redis_server"]  # fixtures, for pytest
+
 SECRET = "test-secret-that-is-at-least-32-bytes-long"
 
 

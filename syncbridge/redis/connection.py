@@ -123,11 +123,15 @@ def connect(settings: Settings) -> RedisClient:
         common["password"] = settings.redis_password
     if settings.redis_cluster:
         if settings.redis_url:
-            return coredis.RedisCluster.from_url(settings.redis_url, **common)
+            return coredis.RedisCluster.from_url(
+                settings.redis_url, decode_components=True, **common
+            )
         host, _, port = settings.redis_addr.rpartition(":")
         return coredis.RedisCluster(host=host or "localhost", port=int(port), **common)
     if settings.redis_url:
-        return coredis.Redis.from_url(settings.redis_url, db=settings.redis_db or None, **common)
+        return coredis.Redis.from_url(
+            settings.redis_url, db=settings.redis_db or None, decode_components=True, **common
+        )
     host, _, port = settings.redis_addr.rpartition(":")
     return coredis.Redis(host=host or "localhost", port=int(port), db=settings.redis_db, **common)
 
