@@ -41,6 +41,9 @@ class HealthSource(Protocol):
 
 async def _store_status(store: Store) -> dict[str, Any]:
     status: dict[str, Any] = {"backend": store.name}
+    target = getattr(store, "target", None)
+    if target:
+        status["address"] = target
     try:
         with trio.fail_after(_STORE_PING_TIMEOUT):
             latency = await store.ping()

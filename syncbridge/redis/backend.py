@@ -38,6 +38,7 @@ class RedisBackend:
             max_state_bytes=settings.max_state_bytes,
             max_keys=settings.max_keys,
             timeout=settings.store_timeout,
+            target=target,
         )
         self.presence = RedisPresence(
             self.client,

@@ -45,8 +45,10 @@ class RedisStore:
         max_state_bytes: int,
         max_keys: int,
         timeout: float,
+        target: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.target = target  # where Redis is, for /health (never the password)
         self._client = client
         self._header = header
         self._publish = publish_command
