@@ -5,11 +5,15 @@
     Connection.run ── nursery
         ├─ _read_loop   ASGI receive → rate limit → decode → SessionService.handle
         ├─ _write_loop  outbox (bounded channel) → ASGI send; the only sender of frames
-        └─ _watch       liveness, auth deadline and token expiry → close code
+        ├─ _watch       liveness, auth deadline and token expiry → close code
+        └─ _leave       on close: outbox closed, unsubscribe, presence leave, DeviceLeft
 
-When any task ends, the nursery's cancel scope ends the others. Clean-up
-(unsubscribe, DeviceLeft, close frame) runs in ``finally`` under a shielded,
-bounded scope, so it happens however the connection ended.
+When any task ends, the nursery's cancel scope ends the others. Clean-up runs
+under shielded, bounded scopes, so it happens however the connection ended:
+leaving the session as soon as the scope is cancelled (hypercorn shields its
+socket writes, so a writer stuck on a device that stopped reading cannot be
+cancelled, and the nursery cannot end until that device reads again), then the
+close frame in ``finally`` once every task has ended.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class Connection:
         self._authorized_until: float | None = None  # Unix seconds
         self._deadlines_changed = trio.Event()
         self._scope = trio.CancelScope()
+        self._left = False
         send_channel, self._outbox_receive = trio.open_memory_channel[str](settings.outbox_size)
         self.outbox = Outbox(
             send_channel,
@@ -100,6 +105,7 @@ class Connection:
                     nursery.start_soon(self._until_done, self._read_loop)
                     nursery.start_soon(self._until_done, self._write_loop)
                     nursery.start_soon(self._until_done, self._watch)
+                    nursery.start_soon(self._leave)
         finally:
             with trio.move_on_after(self._settings.cleanup_timeout, shield=True):
                 await self._clean_up()
@@ -113,10 +119,25 @@ class Connection:
         finally:
             self._scope.cancel()
 
-    async def _clean_up(self) -> None:
-        self._outbox_send.close()
+    async def _leave(self) -> None:
         try:
+            await trio.sleep_forever()
+        finally:
+            with trio.move_on_after(self._settings.cleanup_timeout, shield=True):
+                await self._leave_session()
+
+    async def _leave_session(self) -> None:
+        # Runs from _leave and again from _clean_up. Closing the outbox makes
+        # publishers skip this connection instead of waiting for it again;
+        # disconnect() (which also unwatches the session) must run only once.
+        self._outbox_send.close()
+        if self.claims is not None and not self._left:
+            self._left = True
             await self._service.disconnect(self)
+
+    async def _clean_up(self) -> None:
+        try:
+            await self._leave_session()
         finally:
             if self.peer_close_code is None:
                 code = self.close_code or CloseCode.NORMAL

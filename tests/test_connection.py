@@ -1,0 +1,333 @@
+"""Connection nursery: liveness, auth deadline, token expiry, task lifetimes and clean-up.
+
+Driven over the fake ASGI transport with trio's MockClock (autojump): a 60 s
+deadline runs instantly and lands exactly on time.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from syncbridge.errors import CloseCode
+from syncbridge.protocol.messages import MessageType
+
+from .fake_transport import (
+    EPOCH,
+    authenticate,
+    connect,
+    delivered_at,
+    make_app,
+    publish_updates,
+    pushes,
+    session_of,
+    start_connection,
+    still_open_for,
+    token,
+)
+
+# -- liveness ----------------------------------------------------------------------
+
+
+async def test_liveness_silent_socket_closed_4001_after_timeout(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app()
+    link = await connect(nursery, app, "a")
+    last_message = trio.current_time()
+    assert await still_open_for(link, 59)
+    with trio.fail_after(1.5):
+        code = await link.ws.wait_closed()
+    assert code == CloseCode.LIVENESS_TIMEOUT
+    assert trio.current_time() - last_message == pytest.approx(60)
+    with trio.fail_after(1):
+        await link.done.wait()
+
+
+async def test_liveness_heartbeats_every_30s_keep_socket_open(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app()
+    link = await connect(nursery, app, "a")
+    for n in range(10):  # five minutes
+        assert await still_open_for(link, 30)
+        link.ws.push(MessageType.HEARTBEAT, {"client_time": n})
+        ack = await link.ws.wait_for(MessageType.HEARTBEAT_ACK)
+        assert ack["payload"]["client_time"] == n
+    assert trio.current_time() >= 300
+    last_heartbeat = trio.current_time()
+    with trio.fail_after(61):
+        assert await link.ws.wait_closed() == CloseCode.LIVENESS_TIMEOUT
+    assert trio.current_time() - last_heartbeat == pytest.approx(60)
+
+
+# -- authentication deadline ---------------------------------------------------------
+
+
+async def test_auth_timeout_unauthenticated_socket_closed_4408(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app()
+    link = await start_connection(nursery, app)
+    # Heartbeats are allowed before auth but do not postpone the auth deadline.
+    for _ in range(2):
+        assert await still_open_for(link, 10)
+        link.ws.push(MessageType.HEARTBEAT, {})
+        await link.ws.wait_for(MessageType.HEARTBEAT_ACK)
+    assert await still_open_for(link, 9.9)
+    with trio.fail_after(0.2):
+        assert await link.ws.wait_closed() == CloseCode.AUTH_TIMEOUT
+    assert trio.current_time() == pytest.approx(30)
+    with trio.fail_after(1):
+        await link.done.wait()  # the watchdog's close ended the blocked reader too
+    assert [c["code"] for c in link.ws.close_calls()] == [CloseCode.AUTH_TIMEOUT]
+
+
+async def test_auth_timeout_authenticated_before_deadline_stays_open(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app()
+    link = await start_connection(nursery, app)
+    assert await still_open_for(link, 29)
+    await authenticate(link, token("a"))
+    assert await still_open_for(link, 59.9)  # well past the 30 s auth deadline
+    with trio.fail_after(0.2):
+        assert await link.ws.wait_closed() == CloseCode.LIVENESS_TIMEOUT
+
+
+# -- token expiry ----------------------------------------------------------------------
+
+
+async def test_token_expiry_closes_4401_when_token_expires(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app(token_ttl=45)  # the socket is authorised until AuthSuccess expires_at
+    link = await connect(nursery, app, "a")
+    assert await still_open_for(link, 44.9)
+    with trio.fail_after(0.2):
+        assert await link.ws.wait_closed() == CloseCode.TOKEN_EXPIRED
+    assert trio.current_time() == pytest.approx(45)
+    assert link.ws.close_event is not None
+    assert "expired" in link.ws.close_event["reason"]
+
+
+async def test_token_expiry_reauth_with_fresh_token_moves_deadline(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app(token_ttl=45)
+    link = await connect(nursery, app, "a")
+    assert await still_open_for(link, 30)
+    refreshed = await authenticate(link, token("a"))
+    assert refreshed["expires_at"] == EPOCH + 75
+    assert await still_open_for(link, 44.9)
+    with trio.fail_after(0.2):
+        assert await link.ws.wait_closed() == CloseCode.TOKEN_EXPIRED
+    assert trio.current_time() == pytest.approx(75)
+
+
+async def test_token_expiry_refused_reauth_keeps_deadline(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app(token_ttl=45)
+    link = await connect(nursery, app, "a")
+    assert await still_open_for(link, 30)
+    link.ws.push(MessageType.AUTH, {"token": token("a") + "x"})  # bad signature
+    failure = await link.ws.wait_for(MessageType.AUTH_FAILURE)
+    assert failure["payload"]["code"] == 401
+    with trio.fail_after(15.1):
+        assert await link.ws.wait_closed() == CloseCode.TOKEN_EXPIRED
+    assert trio.current_time() == pytest.approx(45)
+
+
+# -- one nursery: any task ending ends the others ------------------------------------------
+
+
+async def test_connection_peer_disconnect_ends_tasks_without_close_frame(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app()
+    link = await connect(nursery, app, "a")
+    link.ws.push_disconnect(1001)
+    with trio.fail_after(0.1):
+        await link.done.wait()  # writer and watchdog were cancelled with the reader
+    assert link.connection.peer_close_code == 1001
+    assert link.connection.close_code is None
+    assert link.ws.close_calls() == []
+    assert link.error == []
+
+
+async def test_connection_close_sends_first_close_code_and_reason(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app()
+    link = await connect(nursery, app, "a")
+    link.connection.close(CloseCode.GOING_AWAY, "server restarting")
+    link.connection.close(CloseCode.NORMAL, "too late")
+    with trio.fail_after(0.1):
+        await link.done.wait()
+    assert link.ws.close_calls() == [
+        {"type": "websocket.close", "code": 1001, "reason": "server restarting"}
+    ]
+
+
+async def test_connection_close_reason_truncated_to_control_frame_limit(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app()
+    link = await start_connection(nursery, app)
+    link.connection.close(CloseCode.NORMAL, "é" * 100)  # 200 bytes of UTF-8
+    with trio.fail_after(0.1):
+        await link.done.wait()
+    (close,) = link.ws.close_calls()
+    assert len(close["reason"].encode()) <= 123
+    assert close["reason"] == "é" * 61
+
+
+@pytest.mark.parametrize("failing", ["writer", "reader"])
+async def test_connection_internal_error_closes_1011_and_cleans_up(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, failing: str
+) -> None:
+    app = make_app()
+    broken = await connect(nursery, app, "a")
+    other = await connect(nursery, app, "b")
+    await trio.testing.wait_all_tasks_blocked()
+    broken.ws.pending()
+    if failing == "writer":
+        broken.ws.fail_sends(OSError("socket exploded"))
+        other.ws.push(MessageType.STATE_UPDATE, {"key": "k", "value": 1})  # fanned out to a
+    else:
+        broken.ws.push_event({"type": "websocket.receive", "text": 42})  # not a frame
+    with trio.fail_after(1):
+        assert await broken.ws.wait_closed() == CloseCode.INTERNAL_ERROR
+        await broken.done.wait()
+    assert broken.error == []  # contained: the connection ended, nothing else
+    left = await other.ws.wait_for(MessageType.DEVICE_LEFT)
+    assert left["payload"]["device_id"] == "a"
+    assert [box.label for box in app.hub.outboxes("s1")] == [other.connection.outbox.label]
+    device = app.presence.presence.device("s1", "a")
+    assert device is not None
+    assert not device.is_online
+    assert not other.ws.is_closed
+
+
+# -- clean-up -----------------------------------------------------------------------------
+
+
+async def test_connection_cleanup_device_left_only_when_last_tab_closes(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app()
+    tab1 = await connect(nursery, app, "a")
+    tab2 = await connect(nursery, app, "a")
+    other = await connect(nursery, app, "b")
+    await trio.testing.wait_all_tasks_blocked()
+    for link in (tab1, tab2, other):
+        link.ws.pending()
+
+    tab1.ws.push_disconnect(1000)
+    await tab1.done.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    assert other.ws.pending() == []  # device a is still online through tab2
+    assert app.hub.subscriber_count == 2
+
+    tab2.connection.close(CloseCode.LIVENESS_TIMEOUT, "gone quiet")
+    await tab2.done.wait()
+    left = await other.ws.wait_for(MessageType.DEVICE_LEFT)
+    assert left["payload"]["device_id"] == "a"
+    assert left["device_id"] == "a"
+    assert app.presence.session_count == 1
+
+    other.ws.push_disconnect(1000)
+    await other.done.wait()
+    assert app.hub.session_count == 0
+    assert app.hub.subscriber_count == 0
+    assert app.presence.session_count == 0
+    assert app.service._locks == {}
+    assert app.connections == {}
+
+
+async def test_connection_cleanup_bounded_when_close_frame_cannot_be_sent(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app(cleanup_timeout=2.0)
+    stuck = await connect(nursery, app, "a")
+    other = await connect(nursery, app, "b")
+    await trio.testing.wait_all_tasks_blocked()
+    stuck.ws.stall()
+    start = trio.current_time()
+    stuck.connection.close(CloseCode.GOING_AWAY, "bye")
+    with trio.fail_after(2.1):
+        await stuck.done.wait()
+    assert trio.current_time() - start == pytest.approx(2.0)
+    assert [c["code"] for c in stuck.ws.close_calls()] == [1001]  # tried, never completed
+    assert not stuck.ws.is_closed
+    left = await other.ws.wait_for(MessageType.DEVICE_LEFT)
+    assert left["payload"]["device_id"] == "a"
+    assert delivered_at(other, MessageType.DEVICE_LEFT) == [start]  # left at once
+    assert app.hub.subscriber_count == 1
+
+
+# -- backpressure seen from the connection ----------------------------------------------------
+
+OUTBOX = 4
+FILLING = OUTBOX + 2  # one frame in the stalled send, four in the outbox: the sixth waits
+
+
+async def test_backpressure_receiver_gone_mid_fanout_releases_publisher(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app(outbox_size=OUTBOX, slow_consumer_timeout=5)
+    pub, fast, leaving = await session_of(nursery, app, "p", "f", "s")
+    leaving.ws.stall()
+    start = trio.current_time()
+    publish_updates(pub, FILLING + 3)
+    assert await still_open_for(leaving, 1)
+    leaving.ws.push_disconnect(1006)  # TCP lost while the publisher waits for its outbox
+    with trio.fail_after(0.1):
+        await pub.ws.wait_for(MessageType.HEARTBEAT_ACK)
+        await leaving.done.wait()
+    assert delivered_at(pub, MessageType.HEARTBEAT_ACK) == [pytest.approx(start + 1)]
+    assert [v for _, v, _ in pushes(fast)] == list(range(FILLING + 3))
+    assert leaving.connection.close_code is None  # not a slow consumer: it left
+    assert leaving.ws.close_calls() == []
+    assert app.hub.slow_consumers_closed == 0
+    assert pub.error == leaving.error == []
+
+
+async def test_backpressure_own_replies_fill_outbox_closes_4000(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app(outbox_size=OUTBOX, slow_consumer_timeout=5)
+    other, stalled = await session_of(nursery, app, "o", "s")
+    stalled.ws.stall()
+    start = trio.current_time()
+    for _ in range(FILLING + 4):  # a device that sends but never reads its answers
+        stalled.ws.push(MessageType.HEARTBEAT, {})
+    left = await other.ws.wait_for(MessageType.DEVICE_LEFT)
+    assert left["payload"]["device_id"] == "s"
+    assert delivered_at(other, MessageType.DEVICE_LEFT) == [pytest.approx(start + 5)]
+    assert stalled.connection.close_code == CloseCode.SLOW_CONSUMER
+    assert app.hub.slow_consumers_closed == 1
+
+
+async def test_backpressure_messages_never_reordered_for_a_receiver(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app(outbox_size=2, slow_consumer_timeout=5)
+    p1, p2, slow, fast = await session_of(nursery, app, "p1", "p2", "r", "f")
+    slow.ws.stall()
+    for i in range(8):  # interleaved arrival from two publishers
+        p1.ws.push(MessageType.STATE_UPDATE, {"key": "k1", "value": f"p1-{i}"})
+        p2.ws.push(MessageType.STATE_UPDATE, {"key": "k2", "value": f"p2-{i}"})
+    assert await still_open_for(slow, 1)
+    slow.ws.release()
+    with trio.fail_after(1):
+        for _ in range(16):
+            await slow.ws.wait_for(MessageType.STATE_UPDATE)
+    seen = [(v, version) for _, v, version in pushes(slow)]
+    assert [version for _, version in seen] == list(range(1, 17))
+    assert [v for v, _ in seen if v.startswith("p1")] == [f"p1-{i}" for i in range(8)]
+    assert [v for v, _ in seen if v.startswith("p2")] == [f"p2-{i}" for i in range(8)]
+    assert [(v, version) for _, v, version in pushes(fast)] == seen
+    assert app.hub.slow_consumers_closed == 0
