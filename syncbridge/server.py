@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -13,7 +14,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from syncbridge.app import WS_PATH, SyncBridgeApp
 from syncbridge.settings import Settings
 
-__all__ = ["ServerInfo", "hypercorn_config", "serve", "wait_for_signal"]
+__all__ = ["ServerInfo", "hypercorn_config", "open_listener", "serve", "wait_for_signal"]
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +23,43 @@ log = logging.getLogger(__name__)
 _HYPERCORN_GRACE = 2.0
 
 
-def hypercorn_config(settings: Settings) -> Config:
-    """hypercorn's configuration for our settings."""
-    config = Config()
+def open_listener(settings: Settings) -> socket.socket:
+    """Bind the public listening socket (raises OSError, e.g. address in use).
+
+    We bind it ourselves rather than let hypercorn do it, to set
+    TCP_USER_TIMEOUT, which accepted sockets inherit: hypercorn shields its
+    socket writes from cancellation, so a peer that stops reading would
+    otherwise hold its connection (and a graceful shutdown) forever. With the
+    option, the kernel aborts such a connection after ``send_stall_timeout``.
+    """
     host = settings.host
-    config.bind = [f"[{host}]:{settings.port}" if ":" in host else f"{host}:{settings.port}"]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+            sock.setsockopt(
+                socket.IPPROTO_TCP,
+                socket.TCP_USER_TIMEOUT,
+                int(settings.send_stall_timeout * 1000),
+            )
+        sock.bind((host, settings.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def hypercorn_config(settings: Settings, listener: socket.socket) -> Config:
+    """hypercorn's configuration for our settings, serving on ``listener``.
+
+    hypercorn takes over the socket (its file descriptor) from here on.
+    """
+    config = Config()
+    config.bind = [f"fd://{listener.detach()}"]
     config.websocket_max_message_size = settings.max_message_bytes
     # hypercorn sends the pings (keeping proxies and NATs open) but never checks
     # pongs; liveness is enforced by the connection's watchdog instead.
@@ -57,11 +90,17 @@ async def wait_for_signal() -> None:
 async def serve(
     app: SyncBridgeApp,
     *,
+    listener: socket.socket | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
     task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until ``shutdown_trigger`` returns, then drain within the shutdown timeout."""
+    """Serve until ``shutdown_trigger`` returns, then drain within the shutdown timeout.
+
+    ``listener`` is a bound socket to serve on (a worker's inherited one);
+    by default one is bound from the settings.
+    """
     settings = app.settings
+    config = hypercorn_config(settings, listener or open_listener(settings))
 
     async def shut_down() -> None:
         await shutdown_trigger()
@@ -72,7 +111,7 @@ async def serve(
         binds = await nursery.start(
             lambda task_status: hypercorn_serve(
                 app,  # type: ignore[arg-type]
-                hypercorn_config(settings),
+                config,
                 shutdown_trigger=shut_down,
                 mode="asgi",
                 task_status=task_status,

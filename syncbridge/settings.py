@@ -199,6 +199,14 @@ class Settings:
         validator=_positive,
         metadata=_opt("SHUTDOWN_TIMEOUT", "longest graceful shutdown on SIGTERM/SIGINT"),
     )
+    send_stall_timeout: float = attrs.field(
+        default=30.0,
+        validator=_positive,
+        metadata=_opt(
+            "SEND_STALL_TIMEOUT",
+            "abort a TCP connection whose sent data stays unacknowledged this long",
+        ),
+    )
     cleanup_timeout: float = attrs.field(
         default=2.0,
         validator=_positive,
