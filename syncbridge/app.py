@@ -18,9 +18,11 @@ from syncbridge.auth import TokenAuthority
 from syncbridge.backend import MemoryBackend, create_backend
 from syncbridge.connection import Connection
 from syncbridge.errors import CloseCode
+from syncbridge.http.admin import AdminRoutes, is_admin_path
 from syncbridge.http.health import health, readiness
 from syncbridge.http.response import send_json
 from syncbridge.hub import Hub
+from syncbridge.metrics import Metrics
 from syncbridge.service import SessionService
 from syncbridge.settings import Settings
 from syncbridge.store.base import Store
@@ -47,7 +49,11 @@ class SyncBridgeApp:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.hub = Hub(slow_consumer_timeout=settings.slow_consumer_timeout)
+        self.metrics = Metrics()
+        self.hub = Hub(
+            slow_consumer_timeout=settings.slow_consumer_timeout,
+            on_slow_consumers=self.metrics.slow_consumers.inc,
+        )
         self.backend = (
             MemoryBackend(settings, self.hub, store=store)
             if store is not None
@@ -63,14 +69,22 @@ class SyncBridgeApp:
             authority=TokenAuthority(settings.jwt_secret),
             token_ttl=settings.token_ttl,
             leave_timeout=settings.cleanup_timeout / 2,
+            metrics=self.metrics,
             clock=clock,
         )
+        self.admin = AdminRoutes(self, self.service.authority, self.metrics)
         self.connections: dict[int, Connection] = {}
         self.started_at = time.time()
         self.draining = False
         self._keys = itertools.count(1)
         self._no_connections = trio.Event()
         self._no_connections.set()
+        self.metrics.bind_gauges(
+            active=lambda: len(self.connections),
+            authenticated=lambda: self.authenticated_connections,
+            sessions=lambda: self.hub.session_count,
+            outbox_depths=lambda: [c.outbox.depth for c in self.connections.values()],
+        )
 
     # -- what /health reads ---------------------------------------------------
 
@@ -116,10 +130,31 @@ class SyncBridgeApp:
             nursery.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
 
+    async def admin_asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI app of the private ADMIN_ADDR listener: operator routes and /health."""
+        if scope["type"] == "lifespan":
+            # The main app's lifespan owns the backend; this one has nothing to run.
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/health":
+            status, body = await health(self)
+            await send_json(send, status, body)
+        else:
+            await self.admin.handle(scope, send)
+
     async def _http(self, scope: Scope, send: Send) -> None:
         path = scope["path"]
         method = scope["method"]
-        if path in ("/health", "/health/live", "/health/ready") and method not in ("GET", "HEAD"):
+        if is_admin_path(path):
+            if self.settings.admin_addr:  # served on the private address only
+                await send_json(send, 404, {"error": f"no route for {path}"})
+            else:
+                await self.admin.handle(scope, send)
+        elif path in ("/health", "/health/live", "/health/ready") and method not in ("GET", "HEAD"):
             await send_json(
                 send, 405, {"error": "method not allowed"}, headers=[(b"allow", b"GET")]
             )

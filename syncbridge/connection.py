@@ -65,6 +65,7 @@ class Connection:
         self.close_reason = ""
         self.peer_close_code: int | None = None
         self._service = service
+        self._metrics = service.metrics
         self._settings = settings
         self._receive = receive
         self._send = send
@@ -99,13 +100,15 @@ class Connection:
     async def run(self) -> None:
         """Serve the socket until either side closes it."""
         log.info("connection %d open from %s", self.key, self.client)
+        self._metrics.connections_opened.inc()
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._until_done, self._read_loop)
-                    nursery.start_soon(self._until_done, self._write_loop)
-                    nursery.start_soon(self._until_done, self._watch)
-                    nursery.start_soon(self._leave)
+                    # Named so that /debug/tasks counts each kind of task.
+                    nursery.start_soon(self._until_done, self._read_loop, name="connection.read")
+                    nursery.start_soon(self._until_done, self._write_loop, name="connection.write")
+                    nursery.start_soon(self._until_done, self._watch, name="connection.watch")
+                    nursery.start_soon(self._leave, name="connection.leave")
         finally:
             with trio.move_on_after(self._settings.cleanup_timeout, shield=True):
                 await self._clean_up()
@@ -140,18 +143,28 @@ class Connection:
             await self._leave_session()
         finally:
             if self.peer_close_code is None:
-                code = self.close_code or CloseCode.NORMAL
                 reason = self.close_reason.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
-                await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
+                await self._send(
+                    {
+                        "type": "websocket.close",
+                        "code": int(self.close_code or CloseCode.NORMAL),
+                        "reason": reason,
+                    }
+                )
             claims = self.claims
+            by = (
+                "client"
+                if self.peer_close_code is not None and self.close_code is None
+                else "server"
+            )
+            code = int(self.close_code) if self.close_code else self.peer_close_code
+            self._metrics.connections_closed.labels(code=str(code), by=by).inc()
             log.info(
                 "connection %d closed: code=%s reason=%r by=%s session=%s device=%s",
                 self.key,
-                self.close_code.value if self.close_code else self.peer_close_code,
+                code,
                 self.close_reason,
-                "client"
-                if self.peer_close_code is not None and self.close_code is None
-                else "server",
+                by,
                 claims.session_id if claims else "-",
                 claims.device_id if claims else "-",
             )
@@ -198,7 +211,12 @@ class Connection:
             return
         self._refused_in_a_row = 0
         try:
-            envelope = decode(data)
+            try:
+                envelope = decode(data)
+            except RequestError:
+                self._metrics.received_invalid.inc()
+                raise
+            self._metrics.received[envelope.type].inc()
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("connection %d <- %s", self.key, envelope.type.name)
             self._service.touch(self)
@@ -208,6 +226,7 @@ class Connection:
 
     async def _answer(self, exc: RequestError) -> None:
         log.debug("connection %d: %s %s", self.key, exc.error_code, exc.message)
+        self._metrics.errors.labels(code=exc.error_code).inc()
         frame = encode(
             MessageType.ERROR,
             error_payload(exc.status, exc.error_code, exc.message, exc.details),
@@ -218,8 +237,10 @@ class Connection:
 
     async def _write_loop(self) -> None:
         async with self._outbox_receive:
+            count_sent = self._metrics.count_sent
             async for frame in self._outbox_receive:
                 await self._send({"type": "websocket.send", "text": frame})
+                count_sent(frame)
 
     async def _watch(self) -> None:
         """Close on the first deadline missed: liveness, authentication, token expiry."""

@@ -86,11 +86,28 @@ async def deliver(outboxes: list[Outbox], frame: str, *, timeout: float) -> int:
 class Hub:
     """Session id -> the outboxes of this process's connections to that session."""
 
-    def __init__(self, *, slow_consumer_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        slow_consumer_timeout: float,
+        on_slow_consumers: Callable[[int], None] | None = None,
+    ) -> None:
         # session id -> connection key -> (device id, outbox)
         self._sessions: dict[str, dict[int, tuple[str, Outbox]]] = {}
         self._timeout = slow_consumer_timeout
-        self.slow_consumers_closed = 0
+        self._on_slow = on_slow_consumers
+        self._slow_consumers_closed = 0
+
+    @property
+    def slow_consumers_closed(self) -> int:
+        """Connections this hub closed as slow consumers."""
+        return self._slow_consumers_closed
+
+    def _count_slow(self, closed: int) -> None:
+        if closed:
+            self._slow_consumers_closed += closed
+            if self._on_slow is not None:
+                self._on_slow(closed)
 
     def subscribe(self, session_id: str, key: int, outbox: Outbox, *, device_id: str = "") -> bool:
         """Add a connection (``key`` unique per connection) to a session's fan-out.
@@ -145,19 +162,19 @@ class Hub:
         targets = self.outboxes(session_id, exclude=exclude, exclude_device=exclude_device)
         if targets:
             wait = self._timeout if timeout is None else min(timeout, self._timeout)
-            self.slow_consumers_closed += await deliver(targets, frame, timeout=wait)
+            self._count_slow(await deliver(targets, frame, timeout=wait))
 
     def close_session(self, session_id: str) -> int:
         """Close every local connection of a session as a slow consumer (they resync)."""
         boxes = self.outboxes(session_id)
         for box in boxes:
             box.close_slow()
-        self.slow_consumers_closed += len(boxes)
+        self._count_slow(len(boxes))
         return len(boxes)
 
     async def send(self, outbox: Outbox, frame: str) -> None:
         """Send one reply with the same slow-consumer rule as fan-out."""
-        self.slow_consumers_closed += await deliver([outbox], frame, timeout=self._timeout)
+        self._count_slow(await deliver([outbox], frame, timeout=self._timeout))
 
     @property
     def session_count(self) -> int:

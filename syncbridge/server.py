@@ -73,10 +73,11 @@ def hypercorn_config(settings: Settings, listener: socket.socket) -> Config:
 class ServerInfo:
     """Where a started server listens."""
 
-    def __init__(self, binds: list[str]) -> None:
+    def __init__(self, binds: list[str], admin_binds: list[str] | None = None) -> None:
         self.binds = binds
         self.http_url = binds[0]
         self.ws_url = binds[0].replace("http://", "ws://", 1) + WS_PATH
+        self.admin_url = admin_binds[0] if admin_binds else None
 
 
 async def wait_for_signal() -> None:
@@ -107,14 +108,42 @@ async def serve(
         with trio.CancelScope(shield=True):
             await app.drain(settings.shutdown_timeout)
 
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            lambda task_status: hypercorn_serve(
+    admin_stop = trio.Event()
+
+    async def serve_public(task_status: trio.TaskStatus[list[str]]) -> None:
+        try:
+            await hypercorn_serve(
                 app,  # type: ignore[arg-type]
                 config,
                 shutdown_trigger=shut_down,
                 mode="asgi",
                 task_status=task_status,
             )
-        )
-        task_status.started(ServerInfo(list(binds)))
+        finally:
+            admin_stop.set()
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(serve_public)
+        admin_binds: list[str] = []
+        if settings.admin_addr:
+            admin_binds = await nursery.start(
+                lambda task_status: hypercorn_serve(
+                    app.admin_asgi,  # type: ignore[arg-type]
+                    _admin_config(settings),
+                    shutdown_trigger=admin_stop.wait,
+                    mode="asgi",
+                    task_status=task_status,
+                )
+            )
+        task_status.started(ServerInfo(list(binds), admin_binds))
+
+
+def _admin_config(settings: Settings) -> Config:
+    config = Config()
+    host, _, port = settings.admin_addr.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.graceful_timeout = _HYPERCORN_GRACE
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config

@@ -29,6 +29,7 @@ from syncbridge.errors import (
     StoreUnavailable,
 )
 from syncbridge.hub import Hub, Outbox
+from syncbridge.metrics import Metrics
 from syncbridge.presence import PresenceStore
 from syncbridge.protocol.codec import encode, error_payload
 from syncbridge.protocol.messages import (
@@ -80,8 +81,10 @@ class SessionService:
         token_ttl: float,
         leave_timeout: float = 1.0,
         max_replay_bytes: int = 1_000_000,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.store = store
         self.hub = hub
         self.presence = presence
@@ -143,6 +146,7 @@ class SessionService:
             claims = self.authority.verify(request.token, now=now)
         except AuthenticationError as exc:
             log.info("auth refused (%s) for connection %d", exc.reason, peer.key)
+            self.metrics.auth_failures.labels(reason=exc.reason).inc()
             await self._reply(
                 peer, MessageType.AUTH_FAILURE, {"code": 401, "message": exc.message}, cid
             )
@@ -184,16 +188,17 @@ class SessionService:
         try:
             # join() is idempotent for a connection already joined: a refresh
             # only updates the device's description.
-            came_online = await self.presence.join(
-                claims.session_id,
-                device_id=claims.device_id,
-                user_id=claims.user_id,
-                connection=peer.key,
-                device_type=device_type,
-                device_name=device_name,
-                now=self.now(),
-                announce=joined,
-            )
+            with self.metrics.store_operation("presence_join"):
+                came_online = await self.presence.join(
+                    claims.session_id,
+                    device_id=claims.device_id,
+                    user_id=claims.user_id,
+                    connection=peer.key,
+                    device_type=device_type,
+                    device_name=device_name,
+                    now=self.now(),
+                    announce=joined,
+                )
         except LimitExceeded as exc:
             if previous is None:
                 await self.broker.unwatch(claims.session_id)
@@ -244,7 +249,8 @@ class SessionService:
     async def _resume(self, peer: Peer, claims: Claims, since: int, cid: Any) -> None:
         """Resume (15): exactly the changes after ``since``, or a snapshot when history
         no longer reaches back (or the replay would be larger than a snapshot may be)."""
-        changes = await self.store.changes_since(claims.session_id, since)
+        with self.metrics.store_operation("changes_since"):
+            changes = await self.store.changes_since(claims.session_id, since)
         payload: dict[str, Any]
         if changes is not None:
             described = [c.describe() for c in changes]
@@ -257,7 +263,8 @@ class SessionService:
                 }
                 await self._reply(peer, MessageType.RESUME, payload, cid)
                 return
-        snap = await self.store.snapshot(claims.session_id)
+        with self.metrics.store_operation("snapshot"):
+            snap = await self.store.snapshot(claims.session_id)
         payload = {
             "mode": "snapshot",
             "from_version": since,
@@ -293,7 +300,8 @@ class SessionService:
                 details={"session_id": request.session_id},
                 correlation_id=cid,
             )
-        snap = await self.store.snapshot(claims.session_id)
+        with self.metrics.store_operation("snapshot"):
+            snap = await self.store.snapshot(claims.session_id)
         await self._reply(peer, MessageType.SNAPSHOT_RESPONSE, _snapshot_payload(snap), cid)
 
     @asynccontextmanager
@@ -315,14 +323,17 @@ class SessionService:
 
     async def _update(self, peer: Peer, request: StateUpdateRequest, cid: Any) -> None:
         claims = self._owned(peer)
+        started = time.perf_counter()
         async with self._session_lock(claims.session_id):
-            change = await self.store.apply(
-                claims.session_id,
-                request.key,
-                request.value,
-                request.operation,
-                Origin(claims.user_id, claims.device_id, peer.key),
-            )
+            with self.metrics.store_operation("apply"):
+                change = await self.store.apply(
+                    claims.session_id,
+                    request.key,
+                    request.value,
+                    request.operation,
+                    Origin(claims.user_id, claims.device_id, peer.key),
+                )
+            self.metrics.update_store_seconds.observe(time.perf_counter() - started)
             payload = {
                 "key": change.key,
                 "value": change.value,
@@ -346,10 +357,12 @@ class SessionService:
                     self._broadcast_frame(claims, MessageType.STATE_UPDATE, payload),
                     origin=peer.key,
                 )
+            self.metrics.update_seconds.observe(time.perf_counter() - started)
 
     async def _device_list(self, peer: Peer, cid: Any) -> None:
         claims = self._owned(peer)
-        devices = await self.presence.devices(claims.session_id)
+        with self.metrics.store_operation("presence_devices"):
+            devices = await self.presence.devices(claims.session_id)
         await self._reply(
             peer, MessageType.DEVICE_LIST, {"devices": devices, "count": len(devices)}, cid
         )
@@ -376,14 +389,15 @@ class SessionService:
             {"device_id": claims.device_id, "user_id": claims.user_id, "last_seen": now},
         )
         try:
-            went_offline = await self.presence.leave(
-                claims.session_id,
-                device_id=claims.device_id,
-                user_id=claims.user_id,
-                connection=peer.key,
-                now=now,
-                announce=left,
-            )
+            with self.metrics.store_operation("presence_leave"):
+                went_offline = await self.presence.leave(
+                    claims.session_id,
+                    device_id=claims.device_id,
+                    user_id=claims.user_id,
+                    connection=peer.key,
+                    now=now,
+                    announce=left,
+                )
             if went_offline:
                 log.info("device %s left session %s", claims.device_id, claims.session_id)
                 if not self.presence.publishes:

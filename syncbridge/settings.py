@@ -212,6 +212,14 @@ class Settings:
         validator=_positive,
         metadata=_opt("CLEANUP_TIMEOUT", "bound on a closing connection's clean-up"),
     )
+    admin_addr: str = attrs.field(
+        default="",
+        validator=_optional_address,
+        metadata=_opt(
+            "ADMIN_ADDR",
+            "private HOST:PORT for /metrics, /debug and /admin (unset: on the public port)",
+        ),
+    )
     redis_url: str = attrs.field(
         default="",
         repr=False,  # may carry a password
