@@ -153,7 +153,11 @@ class LimitExceeded(RequestError):
 
 
 class StoreUnavailable(RequestError):
-    """The store could not accept or answer the request; nothing was applied."""
+    """The store could not accept or answer the request; it was not acknowledged.
+
+    A refused or unreachable store applied nothing. After a timeout the write may
+    still have been applied (its answer was lost): clients resync by version.
+    """
 
     status = 503
     error_code = "STORE_UNAVAILABLE"

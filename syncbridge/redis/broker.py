@@ -91,7 +91,10 @@ class RedisBroker:
         await call("publish", timeout or self._timeout, lambda: send(channel, message))
 
     async def watch(self, session_id: str) -> None:
-        """Subscribe to the session's channel on its first local connection."""
+        """Subscribe to the session's channel on its first local connection.
+
+        A watch that raises counts for nothing: its caller does not unwatch it.
+        """
         self._refs[session_id] += 1
         if self._refs[session_id] > 1:
             return
@@ -101,7 +104,12 @@ class RedisBroker:
         if self._pubsub is None:
             self._missed = True  # subscribed (and resynced) when the connection returns
             return
-        await call("subscribe", self._timeout, lambda: self._subscribe(channel))
+        try:
+            await call("subscribe", self._timeout, lambda: self._subscribe(channel))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.unwatch(session_id)
+            raise
 
     async def unwatch(self, session_id: str) -> None:
         """Unsubscribe when the session's last local connection leaves."""
@@ -147,11 +155,18 @@ class RedisBroker:
         if session_id is None or feed is None:
             return  # unsubscribed meanwhile
         data: bytes = message["data"]
-        cut = data.index(b"\n")
-        process, origin, exclude_device = orjson.loads(data[:cut])
+        try:
+            cut = data.index(b"\n")
+            process, origin, exclude_device = orjson.loads(data[:cut])
+            frame = data[cut + 1 :].decode()
+        except (ValueError, TypeError) as exc:
+            # Not ours (anyone with access to Redis can PUBLISH): it must not stop
+            # the relay of every session of this process.
+            log.warning("ignored a malformed message on session %s: %s", session_id, exc)
+            return
         exclude = (origin,) if process == self.process_id and origin is not None else ()
         try:
-            feed.send_nowait((exclude, exclude_device, data[cut + 1 :].decode()))
+            feed.send_nowait((exclude, exclude_device, frame))
         except trio.WouldBlock:
             closed = self._hub.close_session(session_id)
             log.warning(
