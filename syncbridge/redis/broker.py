@@ -59,6 +59,7 @@ class RedisBroker:
         self._refs: Counter[str] = Counter()
         self._feeds: dict[str, trio.MemorySendChannel[Event]] = {}
         self._sessions: dict[bytes, str] = {}  # channel -> session id
+        self._subscribing: dict[str, trio.Event] = {}
         self._pubsub: Any = None
         self._nursery: trio.Nursery | None = None
         self._missed = False  # events may have been missed while disconnected
@@ -97,6 +98,12 @@ class RedisBroker:
         """
         self._refs[session_id] += 1
         if self._refs[session_id] > 1:
+            # Another connection's SUBSCRIBE may still be in flight: this one's
+            # AuthSuccess must not go out before the subscription is confirmed.
+            pending = self._subscribing.get(session_id)
+            if pending is not None:
+                with trio.move_on_after(self._timeout):
+                    await pending.wait()
             return
         channel = Keys(session_id).channel
         self._sessions[channel.encode()] = session_id
@@ -104,12 +111,17 @@ class RedisBroker:
         if self._pubsub is None:
             self._missed = True  # subscribed (and resynced) when the connection returns
             return
+        confirmed = self._subscribing[session_id] = trio.Event()
         try:
             await call("subscribe", self._timeout, lambda: self._subscribe(channel))
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.unwatch(session_id)
             raise
+        finally:
+            confirmed.set()
+            if self._subscribing.get(session_id) is confirmed:
+                del self._subscribing[session_id]
 
     async def unwatch(self, session_id: str) -> None:
         """Unsubscribe when the session's last local connection leaves."""
