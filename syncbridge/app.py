@@ -57,7 +57,7 @@ class SyncBridgeApp:
         self.backend = (
             MemoryBackend(settings, self.hub, store=store)
             if store is not None
-            else create_backend(settings, self.hub)
+            else create_backend(settings, self.hub, metrics=self.metrics)
         )
         self.store = self.backend.store
         self.presence = self.backend.presence

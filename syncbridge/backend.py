@@ -12,6 +12,7 @@ import trio
 
 from syncbridge.broker import Broker, LocalBroker
 from syncbridge.hub import Hub
+from syncbridge.metrics import Metrics
 from syncbridge.presence import MemoryPresence, Presence, PresenceStore
 from syncbridge.settings import Settings
 from syncbridge.store.base import Store
@@ -70,10 +71,10 @@ class MemoryBackend:
         await self.store.run(task_status=task_status)
 
 
-def create_backend(settings: Settings, hub: Hub) -> Backend:
+def create_backend(settings: Settings, hub: Hub, *, metrics: Metrics | None = None) -> Backend:
     """The backend the settings select: Redis when REDIS_URL/REDIS_ADDR is set."""
     if settings.uses_redis:
         from syncbridge.redis.backend import RedisBackend
 
-        return RedisBackend(settings, hub)
+        return RedisBackend(settings, hub, metrics=metrics)
     return MemoryBackend(settings, hub)

@@ -8,6 +8,7 @@ import trio
 
 from syncbridge.errors import StoreUnavailable
 from syncbridge.hub import Hub
+from syncbridge.metrics import Metrics
 from syncbridge.redis.broker import RedisBroker
 from syncbridge.redis.connection import connect, describe_target
 from syncbridge.redis.presence import RedisPresence
@@ -22,12 +23,16 @@ log = logging.getLogger(__name__)
 class RedisBackend:
     """State, presence and events in Redis (or a Redis Cluster)."""
 
-    def __init__(self, settings: Settings, hub: Hub) -> None:
+    def __init__(self, settings: Settings, hub: Hub, *, metrics: Metrics | None = None) -> None:
         self.client = connect(settings)
         target = describe_target(settings)
         self.description = f"redis ({'cluster ' if settings.redis_cluster else ''}{target})"
         self.broker = RedisBroker(
-            self.client, hub, sharded=settings.redis_cluster, timeout=settings.store_timeout
+            self.client,
+            hub,
+            sharded=settings.redis_cluster,
+            timeout=settings.store_timeout,
+            on_lag=metrics.pubsub_lag_seconds.observe if metrics is not None else None,
         )
         self.store = RedisStore(
             self.client,

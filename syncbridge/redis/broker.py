@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import coredis
@@ -49,7 +50,9 @@ class RedisBroker:
         sharded: bool,
         timeout: float,
         feed_size: int = 1024,
+        on_lag: Callable[[float], None] | None = None,
     ) -> None:
+        self._on_lag = on_lag
         self.process_id = secrets.token_hex(6)
         self._client = client
         self._hub = hub
@@ -73,8 +76,9 @@ class RedisBroker:
         return "SPUBLISH" if self._sharded else "PUBLISH"
 
     def header(self, origin: int | None, exclude_device: str | None) -> str:
-        """The routing header put before a frame on the channel."""
-        return orjson.dumps([self.process_id, origin, exclude_device]).decode() + "\n"
+        """The routing header put before a frame on the channel (with the time, for lag)."""
+        stamp = time.time_ns() // 1_000_000
+        return orjson.dumps([self.process_id, origin, exclude_device, stamp]).decode() + "\n"
 
     async def publish(
         self,
@@ -169,13 +173,15 @@ class RedisBroker:
         data: bytes = message["data"]
         try:
             cut = data.index(b"\n")
-            process, origin, exclude_device = orjson.loads(data[:cut])
+            process, origin, exclude_device, *rest = orjson.loads(data[:cut])
             frame = data[cut + 1 :].decode()
         except (ValueError, TypeError) as exc:
             # Not ours (anyone with access to Redis can PUBLISH): it must not stop
             # the relay of every session of this process.
             log.warning("ignored a malformed message on session %s: %s", session_id, exc)
             return
+        if rest and self._on_lag is not None:
+            self._on_lag(max(0.0, time.time() - rest[0] / 1000))
         exclude = (origin,) if process == self.process_id and origin is not None else ()
         try:
             feed.send_nowait((exclude, exclude_device, frame))
