@@ -1,4 +1,4 @@
-"""The command line: ``serve`` (the default) and ``token``.
+"""The command line: ``serve`` (the default), ``token``, ``check`` and ``client``.
 
 Every serve option is generated from :class:`syncbridge.settings.Settings`, so
 ``--help`` always lists each setting with its environment variable.
@@ -22,12 +22,13 @@ from syncbridge.errors import ConfigError
 from syncbridge.logs import configure_logging
 from syncbridge.server import ServerInfo, serve
 from syncbridge.settings import Settings, iter_options, load_settings, parse_duration
+from syncbridge.tools import check, terminal
 
 __all__ = ["main"]
 
 log = logging.getLogger("syncbridge")
 
-_COMMANDS = ("serve", "token")
+_COMMANDS = ("serve", "token", "check", "client")
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m syncbridge",
         description="SyncBridge real-time session-state server (HarmonyFlow v1 compatible).",
-        epilog="Commands: serve (default), token. `python -m syncbridge token --help` for tokens.",
+        epilog="Commands: serve (default), token, check, client. "
+        "`python -m syncbridge COMMAND --help` for each.",
     )
     parser.add_argument("--version", action="version", version=f"syncbridge {__version__}")
     sub = parser.add_subparsers(dest="command")
@@ -75,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="run the server (the default command)",
         description="Run the SyncBridge server (the default command). Other commands: "
-        "token (mint a token; see `python -m syncbridge token --help`).",
+        "token (mint a token), check (diagnose a running server), client (a terminal "
+        "WebSocket client); see `python -m syncbridge COMMAND --help`.",
     )
     serve_p.add_argument(
         "--config", metavar="FILE", help="TOML settings file [env SYNCBRIDGE_CONFIG]"
@@ -97,6 +100,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     token_p.add_argument("--email", help="email claim")
     token_p.add_argument("--config", metavar="FILE", help="TOML settings file")
+
+    check_p = sub.add_parser(
+        "check",
+        help="diagnose a running server: health, store, WebSocket round trip",
+        description="Check a running server step by step (the runbook's health check): "
+        "/health, the store, then two WebSocket devices authenticating with tokens minted "
+        "from JWT_SECRET, a heartbeat, a snapshot and an update from one device seen by the "
+        "other. One PASS/FAIL line per step, with the runbook's resolution for each failure. "
+        "Exit status 0 when every step passed, 1 otherwise.",
+    )
+    check.add_arguments(check_p)
+
+    client_p = sub.add_parser(
+        "client",
+        help="a terminal WebSocket client: JSON lines on stdin, messages on stdout",
+        description="Send each stdin line as one frame (exactly as typed) and print every "
+        "message received as one JSON line, like websocat. Exits at end of input (after the "
+        "replies arrive) or when the server closes: 0 for close code 1000/1001, 1 otherwise.",
+    )
+    terminal.add_arguments(client_p)
     return parser
 
 
@@ -201,6 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "token":
             return _token(args)
+        if args.command == "check":
+            return check.main(args)
+        if args.command == "client":
+            return terminal.main(args)
         return _serve(args)
     except ConfigError as exc:
         print(f"syncbridge: {exc}", file=sys.stderr)

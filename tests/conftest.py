@@ -25,7 +25,11 @@ SECRET = "test-secret-that-is-at-least-32-bytes-long"
 def make_settings(**overrides: Any) -> Settings:
     """Test settings: loopback, a known secret, short deadlines unless overridden."""
     base = load_settings(environ={}, overrides={"addr": "127.0.0.1:0"})
-    values: dict[str, Any] = {"jwt_secret": SECRET, "shutdown_timeout": 5.0}
+    values: dict[str, Any] = {
+        "jwt_secret": SECRET,
+        "secret_is_ephemeral": False,
+        "shutdown_timeout": 5.0,
+    }
     values.update(overrides)
     return attrs.evolve(base, **values)
 

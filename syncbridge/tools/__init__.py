@@ -1,0 +1,1 @@
+"""Operator tools behind the command line: ``check`` (diagnostics) and ``client`` (a terminal)."""
