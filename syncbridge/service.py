@@ -8,6 +8,7 @@ connection to answer; nothing is changed when one is raised.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -184,7 +185,11 @@ class SessionService:
         if previous is None:
             # Receive the session's events in this process before joining, so
             # nothing that happens after AuthSuccess can be missed.
-            await self.broker.watch(claims.session_id)
+            try:
+                await self.broker.watch(claims.session_id)
+            except StoreUnavailable as exc:
+                await self._refuse_auth(peer, exc, cid)
+                return
         try:
             # join() is idempotent for a connection already joined: a refresh
             # only updates the device's description.
@@ -199,12 +204,11 @@ class SessionService:
                     now=self.now(),
                     announce=joined,
                 )
-        except LimitExceeded as exc:
+        except (LimitExceeded, StoreUnavailable) as exc:
             if previous is None:
-                await self.broker.unwatch(claims.session_id)
-            # Still an answer to Auth, so v1 clients waiting for 8 or 9 get one.
-            payload = error_payload(exc.status, exc.error_code, exc.message, exc.details)
-            await self._reply(peer, MessageType.AUTH_FAILURE, payload, cid)
+                with contextlib.suppress(StoreUnavailable):
+                    await self.broker.unwatch(claims.session_id)
+            await self._refuse_auth(peer, exc, cid)
             return
         except BaseException:
             if previous is None:
@@ -245,6 +249,12 @@ class SessionService:
                 )
         if request.last_version is not None:
             await self._resume(peer, claims, request.last_version, cid)
+
+    async def _refuse_auth(self, peer: Peer, exc: RequestError, cid: Any) -> None:
+        # Still an answer to Auth (not an Error), so v1 clients waiting for 8 or 9
+        # get one; the code says why (429 device limit, 503 store unavailable).
+        payload = error_payload(exc.status, exc.error_code, exc.message, exc.details)
+        await self._reply(peer, MessageType.AUTH_FAILURE, payload, cid)
 
     async def _resume(self, peer: Peer, claims: Claims, since: int, cid: Any) -> None:
         """Resume (15): exactly the changes after ``since``, or a snapshot when history

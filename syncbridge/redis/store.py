@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,7 @@ class RedisStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.target = target  # where Redis is, for /health (never the password)
+        self._health_key = f"syncbridge:health:{secrets.token_hex(6)}"
         self._client = client
         self._header = header
         self._publish = publish_command
@@ -171,9 +173,14 @@ class RedisStore:
         return [c for c in changes if c.version > version]
 
     async def ping(self) -> float:
-        """Round-trip time of a PING."""
+        """Round-trip time of a small write, so that a Redis refusing writes (OOM,
+        READONLY replica) is reported as unavailable, not only one that is down."""
         started = time.perf_counter()
-        await call("ping", self._timeout, self._client.ping)
+        await call(
+            "health write",
+            self._timeout,
+            lambda: self._client.set(self._health_key, str(int(self._clock())), px=60_000),
+        )
         return time.perf_counter() - started
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
