@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import trio
@@ -21,7 +24,14 @@ from syncbridge.auth import TokenAuthority
 from syncbridge.errors import ConfigError
 from syncbridge.logs import configure_logging
 from syncbridge.server import ServerInfo, serve
-from syncbridge.settings import Settings, iter_options, load_settings, parse_duration
+from syncbridge.settings import (
+    Settings,
+    iter_options,
+    load_settings,
+    parse_duration,
+    worker_role,
+)
+from syncbridge.supervisor import follow_supervisor, run_workers
 from syncbridge.tools import check, terminal
 
 __all__ = ["main"]
@@ -128,13 +138,14 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
     return load_settings(overrides=overrides, config_file=args.config)
 
 
-def _banner(settings: Settings, app: SyncBridgeApp, info: ServerInfo) -> str:
+def _banner(settings: Settings, store: str, port: int) -> str:
     host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
-    ws = f"ws://{host}:{info.ws_url.rsplit(':', 1)[1]}"
-    http = ws.replace("ws://", "http://", 1).removesuffix("/ws")
+    ws = f"ws://{host}:{port}/ws"
+    http = f"http://{host}:{port}"
+    workers = f", {settings.workers} workers" if settings.workers > 1 else ""
     lines = [
-        f"SyncBridge {__version__} is serving (store: {app.store.name}"
-        + (", state is lost when the process exits)" if app.store.name == "memory" else ")"),
+        f"SyncBridge {__version__} is serving (store: {store}{workers}"
+        + (", state is lost when the process exits)" if store == "memory" else ")"),
         f"  WebSocket  {ws}",
         f"  Health     {http}/health",
     ]
@@ -163,17 +174,29 @@ def _banner(settings: Settings, app: SyncBridgeApp, info: ServerInfo) -> str:
     return "\n".join(lines)
 
 
-async def _run_server(settings: Settings) -> None:
+async def _run_server(settings: Settings, worker: tuple[int, int] | None) -> None:
     app = SyncBridgeApp(settings)
+    listener = socket.socket(fileno=worker[1]) if worker else None
     async with trio.open_nursery() as nursery:
-        info: ServerInfo = await nursery.start(serve, app)
-        print(_banner(settings, app, info), flush=True)
-        log.info("listening on %s", ", ".join(info.binds))
+        info: ServerInfo = await nursery.start(partial(serve, app, listener=listener))
+        if worker is None:
+            port = int(info.http_url.rsplit(":", 1)[1])
+            print(_banner(settings, app.backend.description, port), flush=True)
+            log.info("listening on %s", ", ".join(info.binds))
+        else:
+            log.info("worker %d serving on the shared socket", worker[0])
     log.info("stopped")
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = _serve_settings(args)
+    worker = worker_role()
+    supervise = settings.workers > 1 and worker is None
+    if supervise and not settings.uses_redis:
+        raise ConfigError(
+            f"WORKERS={settings.workers} needs Redis: the memory store lives in one "
+            "process; set REDIS_URL or REDIS_ADDR, or use WORKERS=1"
+        )
     configure_logging(settings.log_level, settings.log_format)
     if settings.secret_is_ephemeral:
         log.warning(
@@ -182,8 +205,23 @@ def _serve(args: argparse.Namespace) -> int:
         )
     elif settings.jwt_allow_weak_secret and len(settings.jwt_secret.encode()) < 32:
         log.warning("JWT_SECRET is shorter than 32 bytes; accepted because JWT_ALLOW_WEAK_SECRET=1")
+    if supervise:
+        return run_workers(
+            settings,
+            args.argv,
+            on_ready=lambda port: print(
+                _banner(settings, f"redis ({settings.redis_target})", port), flush=True
+            ),
+        )
+    if worker is not None:
+        # A worker's SIGTERM may come twice (from its supervisor and from
+        # systemd or `timeout` to the whole group). While it serves, the signal
+        # receiver absorbs repeats; outside that window SIGTERM is ignored, and
+        # the supervisor stops a worker that does not exit with SIGKILL.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        follow_supervisor()
     try:
-        trio.run(_run_server, settings)
+        trio.run(_run_server, settings, worker)
     except KeyboardInterrupt:
         log.info("interrupted")
         return 130
@@ -221,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_in or args_in[0] not in (*_COMMANDS, "--version"):
         args_in.insert(0, "serve")
     args = _parser().parse_args(args_in)
+    args.argv = args_in[1:]  # what a supervised worker is started with
     try:
         if args.command == "token":
             return _token(args)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import trio
 from hypercorn.config import Config
@@ -14,7 +15,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from syncbridge.app import WS_PATH, SyncBridgeApp
 from syncbridge.settings import Settings
 
-__all__ = ["ServerInfo", "hypercorn_config", "open_listener", "serve", "wait_for_signal"]
+__all__ = ["ServerInfo", "hypercorn_config", "open_listener", "serve", "signal_trigger"]
 
 log = logging.getLogger(__name__)
 
@@ -80,26 +81,44 @@ class ServerInfo:
         self.admin_url = admin_binds[0] if admin_binds else None
 
 
-async def wait_for_signal() -> None:
-    """Return on the first SIGTERM or SIGINT (a second SIGINT interrupts for real)."""
+@asynccontextmanager
+async def signal_trigger() -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """A shutdown trigger that returns on the first SIGTERM or SIGINT.
+
+    The signal receiver stays open until the server has finished draining:
+    systemd (KillMode=control-group) and ``timeout`` signal a supervised worker
+    directly as well as through its supervisor, and that second SIGTERM must be
+    absorbed, not kill the drain with the default action.
+    """
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("received %s: shutting down", signal.Signals(signum).name)
-            return
+
+        async def first_signal() -> None:
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                return
+
+        yield first_signal
 
 
 async def serve(
     app: SyncBridgeApp,
     *,
     listener: socket.socket | None = None,
-    shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until ``shutdown_trigger`` returns, then drain within the shutdown timeout.
+    """Serve until ``shutdown_trigger`` (default: SIGTERM or SIGINT) returns, then drain
+    within the shutdown timeout.
 
     ``listener`` is a bound socket to serve on (a worker's inherited one);
     by default one is bound from the settings.
     """
+    if shutdown_trigger is None:
+        async with signal_trigger() as first_signal:
+            await serve(
+                app, listener=listener, shutdown_trigger=first_signal, task_status=task_status
+            )
+        return
     settings = app.settings
     config = hypercorn_config(settings, listener or open_listener(settings))
 

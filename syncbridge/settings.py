@@ -23,7 +23,16 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from syncbridge.errors import ConfigError
 
-__all__ = ["MIN_SECRET_BYTES", "Settings", "iter_options", "load_settings", "parse_duration"]
+__all__ = [
+    "LISTEN_FD_ENV",
+    "MIN_SECRET_BYTES",
+    "WORKER_ID_ENV",
+    "Settings",
+    "iter_options",
+    "load_settings",
+    "parse_duration",
+    "worker_role",
+]
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +221,11 @@ class Settings:
         validator=_positive,
         metadata=_opt("CLEANUP_TIMEOUT", "bound on a closing connection's clean-up"),
     )
+    workers: int = attrs.field(
+        default=1,
+        validator=_positive,
+        metadata=_opt("WORKERS", "server processes sharing the port (more than 1 needs Redis)"),
+    )
     admin_addr: str = attrs.field(
         default="",
         validator=_optional_address,
@@ -274,6 +288,14 @@ class Settings:
         return bool(self.redis_url or self.redis_addr)
 
     @property
+    def redis_target(self) -> str:
+        """Where Redis is, for logs and the banner (never the password)."""
+        if self.redis_url:
+            scheme, _, rest = self.redis_url.partition("://")
+            return f"{scheme}://{rest.rpartition('@')[2]}"
+        return self.redis_addr
+
+    @property
     def host(self) -> str:
         """The host part of :attr:`addr`; empty means every interface."""
         return self.addr.rpartition(":")[0].strip("[]") or "0.0.0.0"
@@ -282,6 +304,18 @@ class Settings:
     def port(self) -> int:
         """The port part of :attr:`addr`."""
         return int(self.addr.rpartition(":")[2])
+
+
+WORKER_ID_ENV: Final = "SYNCBRIDGE_WORKER_ID"
+LISTEN_FD_ENV: Final = "SYNCBRIDGE_LISTEN_FD"
+
+
+def worker_role(environ: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """(worker number, inherited listening fd) when this process is a supervised worker."""
+    env = os.environ if environ is None else environ
+    if WORKER_ID_ENV not in env or LISTEN_FD_ENV not in env:
+        return None
+    return int(env[WORKER_ID_ENV]), int(env[LISTEN_FD_ENV])
 
 
 def iter_options() -> list[attrs.Attribute[Any]]:

@@ -101,10 +101,7 @@ class Keys:
 
 def describe_target(settings: Settings) -> str:
     """Where Redis is, for logs (never the password)."""
-    if settings.redis_url:
-        scheme, _, rest = settings.redis_url.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"
-    return settings.redis_addr
+    return settings.redis_target
 
 
 def connect(settings: Settings) -> RedisClient:
