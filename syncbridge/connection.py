@@ -80,7 +80,12 @@ class Connection:
         send_channel, self._outbox_receive = trio.open_memory_channel[str](settings.outbox_size)
         self.outbox = Outbox(
             send_channel,
-            on_slow=lambda: self.close(CloseCode.SLOW_CONSUMER, "slow consumer: resync by version"),
+            # The hub also uses this close when events may have been missed
+            # (Redis pub/sub reconnect, feed overflow): either way, resync.
+            on_slow=lambda: self.close(
+                CloseCode.SLOW_CONSUMER,
+                "behind (slow consumer or missed events): resync by version",
+            ),
             label=f"connection {key}",
         )
         self._outbox_send = send_channel

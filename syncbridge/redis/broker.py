@@ -205,7 +205,7 @@ class RedisBroker:
                 except* STORE_FAILURES as group:
                     log.warning(
                         "Redis pub/sub connection lost (%s); reconnecting in %.1fs",
-                        group.exceptions[0],
+                        _first_leaf(group),
                         self._backoff,
                     )
                 finally:
@@ -247,3 +247,10 @@ class RedisBroker:
         closed = sum(self._hub.close_session(sid) for sid in list(self._refs))
         if closed:
             log.warning("closed %d connections to resync after a pub/sub reconnect", closed)
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    """The first real exception inside nested exception groups (for one log line)."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error

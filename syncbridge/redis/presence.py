@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import trio
+from coredis import PureToken
 
 from syncbridge.errors import LimitExceeded, StoreUnavailable
 from syncbridge.protocol.codec import encode
@@ -178,7 +179,9 @@ class RedisPresence:
         members: Any = await call(
             "presence",
             self._timeout,
-            lambda: self._client.zrangebyscore(keys.presence, self._now_ms() + 1, float("inf")),
+            lambda: self._client.zrange(
+                keys.presence, f"({self._now_ms()}", "+inf", sortby=PureToken.BYSCORE
+            ),
         )
         online = {m.decode().partition(_SEPARATOR)[0] for m in members}
         raw: Any = await call("presence", self._timeout, lambda: self._client.hgetall(keys.devices))
