@@ -1,19 +1,22 @@
-"""One WebSocket connection: a nursery of reader, writer and watchdog tasks.
+"""One WebSocket connection: a nursery of a reader and a writer task.
 
 ::
 
     Connection.run ── nursery
-        ├─ _read_loop   ASGI receive → rate limit → decode → SessionService.handle
-        ├─ _write_loop  outbox (bounded channel) → ASGI send; the only sender of frames
-        ├─ _watch       liveness, auth deadline and token expiry → close code
-        └─ _leave       on close: outbox closed, unsubscribe, presence leave, DeviceLeft
+        ├─ _read_loop   ASGI receive (under the nearest deadline: liveness, auth,
+        │               token expiry → close code) → rate limit → decode → handle;
+        │               on exit: leave the session (unsubscribe, presence, DeviceLeft)
+        └─ _write_loop  outbox (bounded channel) → ASGI send; the only sender of frames
 
-When any task ends, the nursery's cancel scope ends the others. Clean-up runs
-under shielded, bounded scopes, so it happens however the connection ended:
-leaving the session as soon as the scope is cancelled (hypercorn shields its
-socket writes, so a writer stuck on a device that stopped reading cannot be
-cancelled, and the nursery cannot end until that device reads again), then the
-close frame in ``finally`` once every task has ended.
+When either task ends, the nursery's cancel scope ends the other. The reader
+leaves the session in its ``finally`` as soon as it is cancelled, under a
+shielded, bounded scope: hypercorn shields its socket writes, so a writer stuck
+on a device that stopped reading cannot be cancelled, and the session must not
+wait for it. The close frame is sent in ``run``'s ``finally`` once both ended.
+
+Deadlines live in the reader rather than in a watchdog task of their own: an
+idle connection then costs two tasks, and only the reader ever moves a deadline
+(an Auth is handled by the reader itself).
 """
 
 from __future__ import annotations
@@ -74,7 +77,6 @@ class Connection:
         self._opened_at = trio.current_time()
         self.last_seen = self._opened_at
         self._authorized_until: float | None = None  # Unix seconds
-        self._deadlines_changed = trio.Event()
         self._scope = trio.CancelScope()
         self._left = False
         send_channel, self._outbox_receive = trio.open_memory_channel[str](settings.outbox_size)
@@ -93,7 +95,6 @@ class Connection:
     def authorize_until(self, expires_at: int) -> None:
         """Set when the identity expires (each successful Auth moves it)."""
         self._authorized_until = expires_at
-        self._deadlines_changed.set()
 
     def close(self, code: CloseCode, reason: str) -> None:
         """End the connection with ``code``; the first close code given wins."""
@@ -112,8 +113,6 @@ class Connection:
                     # Named so that /debug/tasks counts each kind of task.
                     nursery.start_soon(self._until_done, self._read_loop, name="connection.read")
                     nursery.start_soon(self._until_done, self._write_loop, name="connection.write")
-                    nursery.start_soon(self._until_done, self._watch, name="connection.watch")
-                    nursery.start_soon(self._leave, name="connection.leave")
         finally:
             with trio.move_on_after(self._settings.cleanup_timeout, shield=True):
                 await self._clean_up()
@@ -127,15 +126,8 @@ class Connection:
         finally:
             self._scope.cancel()
 
-    async def _leave(self) -> None:
-        try:
-            await trio.sleep_forever()
-        finally:
-            with trio.move_on_after(self._settings.cleanup_timeout, shield=True):
-                await self._leave_session()
-
     async def _leave_session(self) -> None:
-        # Runs from _leave and again from _clean_up. Closing the outbox makes
+        # Runs when the reader ends and again from _clean_up. Closing the outbox makes
         # publishers skip this connection instead of waiting for it again;
         # disconnect() (which also unwatches the session) must run only once.
         self._outbox_send.close()
@@ -175,9 +167,21 @@ class Connection:
             )
 
     async def _read_loop(self) -> None:
+        try:
+            await self._read_until_closed()
+        finally:
+            with trio.move_on_after(self._settings.cleanup_timeout, shield=True):
+                await self._leave_session()
+
+    async def _read_until_closed(self) -> None:
         max_bytes = self._settings.max_message_bytes
         while True:
-            event = await self._receive()
+            deadline, code, reason = self._next_deadline()
+            with trio.move_on_at(deadline) as timer:
+                event = await self._receive()
+            if timer.cancelled_caught:
+                self.close(code, reason)
+                return
             kind = event["type"]
             if kind == "websocket.disconnect":
                 self.peer_close_code = int(event.get("code", 1005))
@@ -247,36 +251,25 @@ class Connection:
                 await self._send({"type": "websocket.send", "text": frame})
                 count_sent(frame)
 
-    async def _watch(self) -> None:
-        """Close on the first deadline missed: liveness, authentication, token expiry."""
+    def _next_deadline(self) -> tuple[float, CloseCode, str]:
+        """The earliest deadline of liveness, authentication and token expiry."""
         settings = self._settings
-        while True:
-            now = trio.current_time()
-            deadlines = [
-                (
-                    self.last_seen + settings.liveness_timeout,
-                    CloseCode.LIVENESS_TIMEOUT,
-                    f"no message for {settings.liveness_timeout:g}s",
-                )
-            ]
-            if self._authorized_until is None:
-                deadlines.append(
-                    (
-                        self._opened_at + settings.auth_timeout,
-                        CloseCode.AUTH_TIMEOUT,
-                        f"not authenticated within {settings.auth_timeout:g}s",
-                    )
-                )
-            else:
-                remaining = self._authorized_until - self._service.clock()
-                deadlines.append(
-                    (now + remaining, CloseCode.TOKEN_EXPIRED, "token expired; refresh with Auth")
-                )
-            deadline, code, reason = min(deadlines, key=lambda d: d[0])
-            if deadline <= now:
-                self.close(code, reason)
-                return
-            # Sleep until the earliest deadline, or until an Auth moves them.
-            with trio.move_on_at(deadline):
-                await self._deadlines_changed.wait()
-            self._deadlines_changed = trio.Event()
+        deadline = (
+            self.last_seen + settings.liveness_timeout,
+            CloseCode.LIVENESS_TIMEOUT,
+            f"no message for {settings.liveness_timeout:g}s",
+        )
+        if self._authorized_until is None:
+            auth = (
+                self._opened_at + settings.auth_timeout,
+                CloseCode.AUTH_TIMEOUT,
+                f"not authenticated within {settings.auth_timeout:g}s",
+            )
+        else:
+            remaining = self._authorized_until - self._service.clock()
+            auth = (
+                trio.current_time() + remaining,
+                CloseCode.TOKEN_EXPIRED,
+                "token expired; refresh with Auth",
+            )
+        return min(deadline, auth, key=lambda d: d[0])
