@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import attrs
 import trio
 
 from syncbridge import __version__
@@ -174,7 +175,18 @@ def _banner(settings: Settings, store: str, port: int) -> str:
     return "\n".join(lines)
 
 
+def _worker_settings(settings: Settings, number: int) -> Settings:
+    """Worker N serves the operator routes on ADMIN_ADDR's port + N - 1: each worker
+    has its own metrics and tasks, so each needs its own address to be scraped."""
+    host, _, port = settings.admin_addr.rpartition(":")
+    if not settings.admin_addr or int(port) == 0:
+        return settings
+    return attrs.evolve(settings, admin_addr=f"{host}:{int(port) + number - 1}")
+
+
 async def _run_server(settings: Settings, worker: tuple[int, int] | None) -> None:
+    if worker is not None:
+        settings = _worker_settings(settings, worker[0])
     app = SyncBridgeApp(settings)
     listener = socket.socket(fileno=worker[1]) if worker else None
     async with trio.open_nursery() as nursery:

@@ -38,3 +38,6 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # hypercorn's own per-request chatter stays out of info logs.
     logging.getLogger("hypercorn.error").setLevel(max(root.level, logging.WARNING))
+    # coredis reports its first EVALSHA of each script (NOSCRIPT, then loaded)
+    # as a retry at INFO; only its warnings concern operators.
+    logging.getLogger("coredis").setLevel(max(root.level, logging.WARNING))

@@ -231,7 +231,8 @@ class Settings:
         validator=_optional_address,
         metadata=_opt(
             "ADMIN_ADDR",
-            "private HOST:PORT for /metrics, /debug and /admin (unset: on the public port)",
+            "private HOST:PORT for /metrics, /debug and /admin (unset: on the public port; "
+            "with WORKERS=N, worker i uses PORT+i-1)",
         ),
     )
     redis_url: str = attrs.field(

@@ -141,6 +141,8 @@ def auth_failure(exc: AuthFailed) -> StepFailed:
         return StepFailed(detail, WRONG_SECRET)
     if "expired" in text:
         return StepFailed(detail, EXPIRED)
+    if exc.code == 503 or exc.error_code == "STORE_UNAVAILABLE":
+        return StepFailed(detail, store_advice(exc.message))
     if exc.code == 429 or exc.error_code == "TOO_MANY_DEVICES":
         return StepFailed(detail, "Too many devices online in the session: MAX_DEVICES_PER_SESSION")
     return StepFailed(detail, TOKEN_FORMAT)

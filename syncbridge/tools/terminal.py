@@ -97,7 +97,9 @@ class _Terminal:
             await self._send_loop(lines)
             if self.client.closed is None:
                 await self._drain()
-                self.closing = True
+                # The server may have closed the socket while we drained (e.g.
+                # 1009 for an oversized line): that close is the one to report.
+                self.closing = self.client.closed is None
                 await self.client.aclose()
         return self._exit_status()
 

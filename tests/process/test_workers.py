@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import trio
+import trio.testing
 
 from syncbridge.client import open_client
 from syncbridge.protocol.messages import MessageType
@@ -68,3 +69,57 @@ def test_workers_need_redis() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "WORKERS=2 needs Redis" in result.stderr
+
+
+def _two_free_ports() -> int:
+    """A port p with p + 1 also free (for two workers' admin addresses)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+async def test_each_worker_serves_operator_routes_on_its_own_admin_port(
+    redis_server: RedisServer,
+) -> None:
+    admin = _two_free_ports()
+    env = {"JWT_SECRET": SECRET, "REDIS_URL": redis_server.url, "PING_INTERVAL": "0.2s"}
+    token = mint(user="ops", device="cli", session="ops", roles=("admin",))
+    with trio.fail_after(BOUND):
+        async with run_server(
+            "--workers", "2", "--admin-addr", f"127.0.0.1:{admin}", env=env
+        ) as server:
+            for port in (admin, admin + 1):
+                with trio.fail_after(10):
+                    while True:  # each worker binds its admin port once it has started
+                        try:
+                            status, body = await _admin_get(port, "/metrics", token)
+                            break
+                        except OSError:
+                            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+                assert status == 200
+                assert b"syncbridge_active_connections" in body
+            assert await server.stop(signal.SIGTERM, timeout=20) == 0
+
+
+async def _admin_get(port: int, path: str, token: str) -> tuple[int, bytes]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
