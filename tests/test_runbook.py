@@ -136,7 +136,7 @@ EXPECT: dict[str, str | tuple[str, ...]] = {
     "int(time.time())": r'^\{"type": 1, "timestamp": \d+, "payload": \{\}\}$',
     "grep syncbridge_errors_total": r'^syncbridge_errors_total\{code="INVALID_MESSAGE"\} [1-9]',
     # Large messages
-    '"x" * 600000': r"^\* closed 1009$",
+    '"x" * 600000': r"^connection closed by server: 1009",
     '"x" * 400000': (r'^\{"type":5,.*"key":"b"', r'^\{"type":6,.*"code":413'),
     "HGET 'session:{scratch}:meta' bytes": r"^8\d{5}$",
     # Redis connection failed
