@@ -424,7 +424,7 @@ class SessionService:
 def _snapshot_payload(snap: Snapshot) -> dict[str, Any]:
     return {
         "session_id": snap.session_id,
-        "state_data": snap.state,
+        "state_data": snap.state_json(),
         "created_at": snap.created_at,
         "updated_at": snap.updated_at,
         "version": snap.version,

@@ -15,7 +15,7 @@ import orjson
 from syncbridge.errors import LimitExceeded
 from syncbridge.protocol.messages import Operation
 
-__all__ = ["Change", "SessionState", "Snapshot", "TokenBucket"]
+__all__ = ["Change", "SessionState", "Snapshot", "TokenBucket", "change_from_record"]
 
 
 @attrs.frozen(kw_only=True)
@@ -44,19 +44,26 @@ class Change:
 
 @attrs.frozen(kw_only=True)
 class Snapshot:
-    """A session's whole state at one version (``version == 0``: never written)."""
+    """A session's whole state at one version (``version == 0``: never written).
+
+    Values are kept as the JSON the store holds (``values``), so a snapshot is
+    sent without decoding and re-encoding them; ``state`` decodes on demand.
+    """
 
     session_id: str
-    state: dict[str, Any]
+    values: dict[str, bytes]
     version: int
     created_at: int | None
     updated_at: int | None
 
+    @property
+    def state(self) -> dict[str, Any]:
+        """The state with its values decoded."""
+        return {key: orjson.loads(raw) for key, raw in self.values.items()}
 
-def _entry_bytes(key: str, value: Any) -> int:
-    # The encoded size is what a snapshot costs on the wire and in Redis, so the
-    # per-session limit is stated in those bytes.
-    return len(key.encode()) + len(orjson.dumps(value))
+    def state_json(self) -> dict[str, orjson.Fragment]:
+        """The state for ``orjson.dumps``: each value embedded as the JSON it is."""
+        return {key: orjson.Fragment(raw) for key, raw in self.values.items()}
 
 
 @attrs.define(kw_only=True)
@@ -66,20 +73,35 @@ class SessionState:
     ``apply`` is the single place where versions are assigned: +1 per accepted
     change, never reused. History keeps the last ``history_size`` changes so a
     reconnecting client can be sent exactly what it missed.
+
+    Values and history records are held as encoded JSON (``bytes``), not as
+    Python objects: bytes are invisible to the cyclic garbage collector, whose
+    full collections over hundreds of thousands of history objects were the
+    p99 latency tail under load (docs/performance.md). The encoding is done
+    anyway, to measure the state's size.
     """
 
     session_id: str
     history_size: int
-    data: dict[str, Any] = attrs.field(factory=dict)
     version: int = 0
     created_at: int | None = None
     updated_at: int | None = None
     total_bytes: int = 0
-    _sizes: dict[str, int] = attrs.field(factory=dict, alias="_sizes")
-    history: collections.deque[Change] = attrs.field(init=False)
+    _values: dict[str, bytes] = attrs.field(factory=dict, alias="_values")
+    _records: collections.deque[bytes] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self.history = collections.deque(maxlen=self.history_size)
+        self._records = collections.deque(maxlen=self.history_size)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The state with its values decoded (a copy)."""
+        return {key: orjson.loads(raw) for key, raw in self._values.items()}
+
+    @property
+    def history(self) -> list[Change]:
+        """The kept changes, oldest first (decoded)."""
+        return [_change(raw) for raw in self._records]
 
     def apply(
         self,
@@ -94,14 +116,20 @@ class SessionState:
         device_id: str | None = None,
     ) -> Change:
         """Apply one change and return it with its version; raise if it breaks a limit."""
+        key_bytes = len(key.encode())
+        old = self._values.get(key)
+        old_size = 0 if old is None else key_bytes + len(old)
         if operation is Operation.DELETE:
-            self.total_bytes -= self._sizes.pop(key, 0)
-            self.data.pop(key, None)
+            if old is not None:
+                del self._values[key]
+                self.total_bytes -= old_size
             value = None
+            raw = b"null"
         else:
-            size = _entry_bytes(key, value)
-            old = self._sizes.get(key)
-            new_total = self.total_bytes - (old or 0) + size
+            # The encoded size is what a snapshot costs on the wire and in
+            # Redis, so the per-session limit is stated in those bytes.
+            raw = orjson.dumps(value)
+            new_total = self.total_bytes - old_size + key_bytes + len(raw)
             if new_total > max_state_bytes:
                 raise LimitExceeded(
                     f"session state would grow to {new_total} bytes; the limit is "
@@ -110,21 +138,33 @@ class SessionState:
                     error_code="STATE_TOO_LARGE",
                     details={"limit_bytes": max_state_bytes, "would_be_bytes": new_total},
                 )
-            if old is None and len(self.data) >= max_keys:
+            if old is None and len(self._values) >= max_keys:
                 raise LimitExceeded(
-                    f"session already holds {len(self.data)} keys; the limit is {max_keys}",
+                    f"session already holds {len(self._values)} keys; the limit is {max_keys}",
                     status=413,
                     error_code="TOO_MANY_KEYS",
                     details={"limit_keys": max_keys},
                 )
-            self._sizes[key] = size
+            self._values[key] = raw
             self.total_bytes = new_total
-            self.data[key] = value
         self.version += 1
         if self.created_at is None:
             self.created_at = now
         self.updated_at = now
-        change = Change(
+        self._records.append(
+            orjson.dumps(
+                {
+                    "version": self.version,
+                    "key": key,
+                    "value": orjson.Fragment(raw),
+                    "operation": operation.value,
+                    "at": now,
+                    "user_id": user_id,
+                    "device_id": device_id,
+                }
+            )
+        )
+        return Change(
             version=self.version,
             key=key,
             value=value,
@@ -133,14 +173,12 @@ class SessionState:
             user_id=user_id,
             device_id=device_id,
         )
-        self.history.append(change)
-        return change
 
     def snapshot(self) -> Snapshot:
         """A copy of the state that later changes do not alter."""
         return Snapshot(
             session_id=self.session_id,
-            state=dict(self.data),
+            values=dict(self._values),
             version=self.version,
             created_at=self.created_at,
             updated_at=self.updated_at,
@@ -157,9 +195,30 @@ class SessionState:
             return []
         if version > self.version:
             return None
-        if not self.history or self.history[0].version > version + 1:
+        # Versions are consecutive and each one has a record, so the oldest
+        # kept record is the current version minus the records kept, plus one.
+        oldest = self.version - len(self._records) + 1
+        if not self._records or oldest > version + 1:
             return None
-        return [c for c in self.history if c.version > version]
+        skip = version + 1 - oldest
+        return [_change(raw) for i, raw in enumerate(self._records) if i >= skip]
+
+
+def change_from_record(record: dict[str, Any]) -> Change:
+    """A Change from its JSON record (the memory history and Redis share the shape)."""
+    return Change(
+        version=record["version"],
+        key=record["key"],
+        value=record["value"],
+        operation=Operation(record["operation"]),
+        at=record["at"],
+        user_id=record.get("user_id") or None,
+        device_id=record.get("device_id") or None,
+    )
+
+
+def _change(raw: bytes) -> Change:
+    return change_from_record(orjson.loads(raw))
 
 
 @attrs.define

@@ -12,7 +12,7 @@ import trio
 
 from syncbridge.errors import LimitExceeded
 from syncbridge.protocol.messages import Operation
-from syncbridge.protocol.session import Change, Snapshot
+from syncbridge.protocol.session import Change, Snapshot, change_from_record
 from syncbridge.redis import scripts
 from syncbridge.redis.connection import Keys, RedisClient, call
 from syncbridge.store.base import Origin
@@ -143,11 +143,11 @@ class RedisStore:
             lambda: self._snapshot(keys=[keys.state, keys.meta], readonly=True),
         )
         flat, meta = result
-        state = {flat[i].decode(): orjson.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+        values = {flat[i].decode(): bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
         version, created_at, updated_at = (_int(x) for x in meta)
         return Snapshot(
             session_id=session_id,
-            state=state,
+            values=values,
             version=version or 0,
             created_at=created_at,
             updated_at=updated_at,
@@ -167,7 +167,7 @@ class RedisStore:
             return []
         if version > now_version:
             return None  # the session restarted (expired): the client must take a snapshot
-        changes = [_change(orjson.loads(r)) for r in records]
+        changes = [change_from_record(orjson.loads(r)) for r in records]
         if not changes or changes[0].version > version + 1:
             return None
         return [c for c in changes if c.version > version]
@@ -187,15 +187,3 @@ class RedisStore:
         """Nothing to do in the background: Redis expires sessions by itself."""
         task_status.started()
         await trio.sleep_forever()
-
-
-def _change(record: dict[str, Any]) -> Change:
-    return Change(
-        version=record["version"],
-        key=record["key"],
-        value=record["value"],
-        operation=Operation(record["operation"]),
-        at=record["at"],
-        user_id=record.get("user_id") or None,
-        device_id=record.get("device_id") or None,
-    )

@@ -62,7 +62,7 @@ class MemoryStore:
         state = self._live(session_id)
         if state is None:
             return Snapshot(
-                session_id=session_id, state={}, version=0, created_at=None, updated_at=None
+                session_id=session_id, values={}, version=0, created_at=None, updated_at=None
             )
         return state.snapshot()
 

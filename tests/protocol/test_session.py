@@ -91,8 +91,9 @@ def test_session_state_snapshot_is_a_copy() -> None:
     snap = s.snapshot()
     put(s, "a", 2)
     put(s, "b", 3)
-    snap.state["c"] = 4
-    assert snap.state == {"a": 1, "c": 4}
+    decoded = snap.state
+    decoded["c"] = 4  # a caller's copy: changes neither the snapshot nor the session
+    assert snap.state == {"a": 1}
     assert snap.version == 1
     assert s.data == {"a": 2, "b": 3}
 
