@@ -7,6 +7,7 @@ Every serve option is generated from :class:`syncbridge.settings.Settings`, so
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import socket
@@ -175,6 +176,19 @@ def _banner(settings: Settings, store: str, port: int) -> str:
     return "\n".join(lines)
 
 
+def _tune_gc(settings: Settings) -> None:
+    """Collect less often, and never again look at what start-up allocated.
+
+    Full collections walk every tracked object (tasks, coroutines, cancel
+    scopes of every connection): 110-190 ms with 1 000 connections, and they
+    were the whole p99 tail of fan-out (docs/performance.md, decision 0009).
+    """
+    gc.collect()
+    gc.freeze()
+    if settings.gc_threshold:
+        gc.set_threshold(settings.gc_threshold, 20, 10)
+
+
 def _worker_settings(settings: Settings, number: int) -> Settings:
     """Worker N serves the operator routes on ADMIN_ADDR's port + N - 1: each worker
     has its own metrics and tasks, so each needs its own address to be scraped."""
@@ -191,6 +205,7 @@ async def _run_server(settings: Settings, worker: tuple[int, int] | None) -> Non
     listener = socket.socket(fileno=worker[1]) if worker else None
     async with trio.open_nursery() as nursery:
         info: ServerInfo = await nursery.start(partial(serve, app, listener=listener))
+        _tune_gc(settings)
         if worker is None:
             port = int(info.http_url.rsplit(":", 1)[1])
             print(_banner(settings, app.backend.description, port), flush=True)

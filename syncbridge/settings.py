@@ -221,6 +221,14 @@ class Settings:
         validator=_positive,
         metadata=_opt("CLEANUP_TIMEOUT", "bound on a closing connection's clean-up"),
     )
+    gc_threshold: int = attrs.field(
+        default=50_000,
+        validator=_not_negative,
+        metadata=_opt(
+            "GC_THRESHOLD",
+            "allocations between young garbage collections (0: Python's default, 700)",
+        ),
+    )
     workers: int = attrs.field(
         default=1,
         validator=_positive,
