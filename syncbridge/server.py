@@ -63,7 +63,7 @@ def hypercorn_config(settings: Settings, listener: socket.socket) -> Config:
     config.bind = [f"fd://{listener.detach()}"]
     config.websocket_max_message_size = settings.max_message_bytes
     # hypercorn sends the pings (keeping proxies and NATs open) but never checks
-    # pongs; liveness is enforced by the connection's watchdog instead.
+    # pongs; liveness is enforced by the connection's reader deadline instead.
     config.websocket_ping_interval = settings.ping_interval
     config.graceful_timeout = _HYPERCORN_GRACE
     config.accesslog = None
