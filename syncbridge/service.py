@@ -284,7 +284,11 @@ class SessionService:
         await self._reply(peer, MessageType.RESUME, payload, cid)
 
     def _broadcast_frame(
-        self, claims: Claims, msg_type: MessageType, payload: dict[str, Any], cid: Any = None
+        self,
+        claims: Claims,
+        msg_type: MessageType,
+        payload: dict[str, Any] | orjson.Fragment,
+        cid: Any = None,
     ) -> str:
         return encode(
             msg_type,
@@ -344,12 +348,18 @@ class SessionService:
                     Origin(claims.user_id, claims.device_id, peer.key),
                 )
             self.metrics.update_store_seconds.observe(time.perf_counter() - started)
-            payload = {
-                "key": change.key,
-                "value": change.value,
-                "operation": change.operation.value,
-                "version": change.version,
-            }
+            # Encoded once for the ack and the broadcast: a value can be
+            # hundreds of kilobytes.
+            payload = orjson.Fragment(
+                orjson.dumps(
+                    {
+                        "key": change.key,
+                        "value": change.value,
+                        "operation": change.operation.value,
+                        "version": change.version,
+                    }
+                )
+            )
             log.debug(
                 "update %s v%d key=%r by %s",
                 claims.session_id,

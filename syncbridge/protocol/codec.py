@@ -171,7 +171,7 @@ def decode(frame: str | bytes) -> Envelope:
 
 def encode(
     msg_type: MessageType,
-    payload: dict[str, Any],
+    payload: dict[str, Any] | orjson.Fragment,
     *,
     timestamp: int,
     correlation_id: Any = None,
