@@ -8,9 +8,9 @@ counting a message on the hot path is one ``inc()``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Final
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -116,6 +116,7 @@ class Metrics:
         self.received = {t: self.messages_received.labels(type=t.name) for t in MessageType}
         self.received_invalid = self.messages_received.labels(type="INVALID")
         self._sent = {str(int(t)): self.messages_sent.labels(type=t.name) for t in MessageType}
+        self._store_children: dict[str, tuple[Any, Any]] = {}
 
     def count_sent(self, frame: str) -> None:
         """Count one outgoing frame by the type at its start (frames begin ``{"type":N,``)."""
@@ -123,17 +124,19 @@ class Metrics:
         if child is not None:
             child.inc()
 
-    @contextmanager
-    def store_operation(self, operation: str) -> Iterator[None]:
-        """Time one store call; count it as an error if it raises."""
-        started = time.perf_counter()
-        try:
-            yield
-        except StoreUnavailable:
-            self.store_errors.labels(operation=operation).inc()
-            raise
-        finally:
-            self.store_seconds.labels(operation=operation).observe(time.perf_counter() - started)
+    def store_operation(self, operation: str) -> _StoreTimer:
+        """Time one store call; count it as an error if it raises StoreUnavailable.
+
+        A small class rather than a generator-based context manager, with the
+        label children bound once per operation: this runs on every update.
+        """
+        children = self._store_children.get(operation)
+        if children is None:
+            children = self._store_children[operation] = (
+                self.store_seconds.labels(operation=operation),
+                self.store_errors.labels(operation=operation),
+            )
+        return _StoreTimer(*children)
 
     def bind_gauges(
         self,
@@ -153,3 +156,27 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+
+class _StoreTimer:
+    """The context manager :meth:`Metrics.store_operation` returns."""
+
+    __slots__ = ("_errors", "_seconds", "_started")
+
+    def __init__(self, seconds: Any, errors: Any) -> None:
+        self._seconds = seconds
+        self._errors = errors
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._seconds.observe(time.perf_counter() - self._started)
+        if exc_type is not None and issubclass(exc_type, StoreUnavailable):
+            self._errors.inc()
