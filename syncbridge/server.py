@@ -19,6 +19,35 @@ __all__ = ["ServerInfo", "hypercorn_config", "open_listener", "serve", "signal_t
 
 log = logging.getLogger(__name__)
 
+
+def _drop_partial_message_on_overflow() -> None:
+    """Mitigate hypercorn keeping a half-filled message after answering 1009.
+
+    hypercorn's WebsocketBuffer raises FrameTooLargeError but keeps its partial
+    buffer; the next frame of the other type (text after binary or the reverse)
+    then raises TypeError inside hypercorn, which ends the whole process. Clearing
+    the buffer on overflow removes that path until /ws leaves hypercorn
+    (tests/process/test_hostile_frames.py guards both orders).
+    """
+    from hypercorn.protocol import ws_stream
+
+    extend = ws_stream.WebsocketBuffer.extend
+    if getattr(extend, "_syncbridge_mitigated", False):
+        return
+
+    def extend_or_clear(self: ws_stream.WebsocketBuffer, event: object) -> None:
+        try:
+            extend(self, event)  # type: ignore[arg-type]
+        except ws_stream.FrameTooLargeError:
+            self.clear()
+            raise
+
+    extend_or_clear._syncbridge_mitigated = True  # type: ignore[attr-defined]
+    ws_stream.WebsocketBuffer.extend = extend_or_clear  # type: ignore[method-assign]
+
+
+_drop_partial_message_on_overflow()
+
 # After our own drain has closed every WebSocket, hypercorn only has to finish
 # plain HTTP requests in flight.
 _HYPERCORN_GRACE = 2.0
