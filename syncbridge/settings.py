@@ -156,6 +156,14 @@ class Settings:
         validator=_positive,
         metadata=_opt("OUTBOX_SIZE", "messages queued per connection before backpressure"),
     )
+    outbox_bytes: int = attrs.field(
+        default=4 * 1024 * 1024,
+        validator=_positive,
+        metadata=_opt(
+            "OUTBOX_BYTES",
+            "bytes queued per connection before backpressure (one frame always fits)",
+        ),
+    )
     slow_consumer_timeout: float = attrs.field(
         default=5.0,
         validator=_positive,
@@ -169,7 +177,14 @@ class Settings:
     rate_burst: int = attrs.field(
         default=200,
         validator=_positive,
-        metadata=_opt("RATE_BURST", "burst allowance; that many refusals in a row close 4429"),
+        metadata=_opt(
+            "RATE_BURST", "burst allowance; that many refusals within FLOOD_WINDOW close 4429"
+        ),
+    )
+    flood_window: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_opt("FLOOD_WINDOW", "window in which RATE_BURST refusals close a socket (4429)"),
     )
     max_devices_per_session: int = attrs.field(
         default=32,
@@ -220,6 +235,21 @@ class Settings:
         default=2.0,
         validator=_positive,
         metadata=_opt("CLEANUP_TIMEOUT", "bound on a closing connection's clean-up"),
+    )
+    handshake_timeout: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_opt(
+            "HANDSHAKE_TIMEOUT", "a new TCP connection must send its request head within this"
+        ),
+    )
+    ws_deflate: bool = attrs.field(
+        default=False,
+        metadata=_opt("WS_DEFLATE", "offer permessage-deflate on /ws (costs CPU and memory)"),
+    )
+    http2_cleartext: bool = attrs.field(
+        default=False,
+        metadata=_opt("HTTP2_CLEARTEXT", "serve HTTP/2 without TLS (h2c) on the public port"),
     )
     gc_threshold: int = attrs.field(
         default=50_000,

@@ -254,7 +254,7 @@ def test_runbook_settings_table_lists_every_setting() -> None:
         "settings table out of date: python scripts/runbook_check.py --write"
     )
     table = text[text.index(runbook_check.BEGIN) : text.index(runbook_check.END)]
-    rows = re.findall(r"^\| `([A-Z_]+)` \|", table, re.M)
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \|", table, re.M)
     assert rows == [o.metadata["env"] for o in iter_options()] + ["SYNCBRIDGE_CONFIG"]
 
 
