@@ -202,6 +202,7 @@ async def _handle_connection(
     settings = app.settings
     peer = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
     handed_over = False
+    head: bytes | None = None
     try:
         with trio.move_on_after(settings.handshake_timeout):
             head = await read_head(sock)

@@ -31,6 +31,10 @@ _H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n"
 _METHOD: Final = re.compile(rb"[A-Z]{1,16}( |$)")
 _METHOD_PREFIX: Final = 17
 _BAD_REQUEST: Final = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_HEAD_TOO_LARGE: Final = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
+    b"Connection: close\r\n\r\n"
+)
 _UPGRADE_WEBSOCKET: Final = re.compile(rb"\r\nupgrade:[ \t]*websocket[ \t]*\r\n", re.I)
 # accept() errors that mean "out of resources for now": trio's SocketListener
 # waits and tries again rather than dying; so do we.
@@ -69,8 +73,9 @@ async def accept_loop(listener: socket.socket, handler: Handler, nursery: trio.N
 
 async def read_head(sock: socket.socket, *, max_bytes: int = MAX_HEAD_BYTES) -> bytes | None:
     """Read until the end of a request head; what was read (possibly more than the
-    head), or None if the peer closed first, the head is over ``max_bytes`` or it is
-    not HTTP at all (a TLS ClientHello on the plain port, say: answered 400 at once).
+    head), or None if the peer closed first, the head is over ``max_bytes`` (answered
+    431) or it is not HTTP at all (a TLS ClientHello on the plain port, say: answered
+    400 at once).
 
     The caller bounds the time it takes.
     """
@@ -93,6 +98,8 @@ async def read_head(sock: socket.socket, *, max_bytes: int = MAX_HEAD_BYTES) -> 
         if _HEAD_END in data[: max_bytes + len(_HEAD_END)] or data.startswith(_H2_PREFACE):
             return data
         if len(data) > max_bytes:
+            with contextlib.suppress(OSError):
+                sock.send(_HEAD_TOO_LARGE)
             return None
 
 
