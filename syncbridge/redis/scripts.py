@@ -54,8 +54,9 @@ local record = '{"version":' .. version .. ',"key":' .. key_json .. ',"value":' 
 local hbytes = redis.call('HGET', meta, 'history_bytes')
 if not hbytes then
   -- A history kept before it was measured in bytes may be huge: drop it once
-  -- (resumes from before it get a snapshot) rather than measure it here.
-  redis.call('DEL', history)
+  -- (resumes from before it get a snapshot) rather than measure it here;
+  -- UNLINK frees its memory off Redis's main thread.
+  redis.call('UNLINK', history)
   hbytes = 0
 end
 redis.call('RPUSH', history, record)
@@ -96,8 +97,9 @@ local kept = redis.call('LLEN', KEYS[2])
 -- versions are consecutive and each kept one has a record, newest last
 if since > version or kept == 0 or version - kept + 1 > since + 1 then return {'SNAPSHOT'} end
 local count = version - since
-local hbytes = tonumber(redis.call('HGET', KEYS[1], 'history_bytes') or '0')
-if hbytes > budget then
+-- -1: a history kept before it was measured (see APPLY): measure it here
+local hbytes = tonumber(redis.call('HGET', KEYS[1], 'history_bytes') or '-1')
+if hbytes < 0 or hbytes > budget then
   local size = 0
   for i = 1, count do
     size = size + #redis.call('LINDEX', KEYS[2], -i)

@@ -228,3 +228,16 @@ async def test_redis_store_history_from_before_byte_accounting_is_dropped_once(
     assert await cli_lines(redis_bench, "LLEN", "session:{legacy}:history") == ["1"]
     assert [c.value for c in await store.changes_since("legacy", 1) or []] == [2]
     assert await store.changes_since("legacy", 0) is None
+
+
+async def test_redis_store_resume_measures_a_history_from_before_byte_accounting(
+    redis_bench: Bench,
+) -> None:
+    # Until its next write, a session from an older SyncBridge has no
+    # history_bytes: a resume must still not read a history over the budget.
+    bench = await redis_bench.another(max_state_bytes=25_000)
+    for i in range(5):
+        await bench.store.apply("old", "k", f"{i}" + "v" * 10_000, SET)
+    await cli_lines(bench, "HDEL", "session:{old}:meta", "history_bytes")
+    assert await bench.store.changes_since("old", 0) is None  # ~50 KB to replay
+    assert [c.version for c in await bench.store.changes_since("old", 3) or []] == [4, 5]
