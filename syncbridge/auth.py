@@ -47,7 +47,7 @@ def _printable(value: object, max_chars: int) -> bool:
     """A non-empty string of at most ``max_chars`` printable characters.
 
     ``str.isprintable`` is False for control characters (C0, DEL, C1 - the
-    ``\x1f`` separator of Redis presence members among them), lone surrogates,
+    ``\\x1f`` separator of Redis presence members among them), lone surrogates,
     format and private-use characters, and separators other than the space.
     """
     return isinstance(value, str) and 0 < len(value) <= max_chars and value.isprintable()
