@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 import trio
@@ -43,11 +43,16 @@ from syncbridge.protocol.messages import (
     StateUpdateRequest,
 )
 from syncbridge.protocol.session import Snapshot
+from syncbridge.refusals import RefusalLog
+from syncbridge.settings import Settings
 from syncbridge.store.base import Origin, Store
 
-__all__ = ["Peer", "SessionService"]
+__all__ = ["DEFAULT_TOKEN_MAX_LIFETIME", "Peer", "SessionService"]
 
 log = logging.getLogger(__name__)
+
+#: TOKEN_MAX_LIFETIME's default, declared once in settings.py.
+DEFAULT_TOKEN_MAX_LIFETIME: Final = Settings().token_max_lifetime
 
 
 class Peer(Protocol):
@@ -80,8 +85,8 @@ class SessionService:
         broker: Broker,
         authority: TokenAuthority,
         token_ttl: float,
+        token_max_lifetime: float = DEFAULT_TOKEN_MAX_LIFETIME,
         leave_timeout: float = 1.0,
-        max_replay_bytes: int = 1_000_000,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -92,10 +97,15 @@ class SessionService:
         self.broker = broker
         self.authority = authority
         self._token_ttl = token_ttl
+        self._token_max_lifetime = token_max_lifetime
+        self.refusals = RefusalLog(self.metrics.count_refusal)
+        # Refused tokens keep their own counter (syncbridge_auth_failures, by reason).
+        self._auth_refusals = RefusalLog(
+            lambda reason: self.metrics.auth_failures.labels(reason=reason).inc()
+        )
         # DeviceLeft is sent from a closing connection's bounded clean-up, so
         # it may wait for full outboxes only part of that bound.
         self._leave_timeout = leave_timeout
-        self._max_replay_bytes = max_replay_bytes
         self.clock = clock
         self._last_time = 0
         self._locks: dict[str, trio.Lock] = {}
@@ -146,8 +156,11 @@ class SessionService:
         try:
             claims = self.authority.verify(request.token, now=now)
         except AuthenticationError as exc:
-            log.info("auth refused (%s) for connection %d", exc.reason, peer.key)
-            self.metrics.auth_failures.labels(reason=exc.reason).inc()
+            # The log sample is bounded: a client can send a refused token with
+            # every message.
+            self._auth_refusals.refuse(
+                exc.reason, "token for connection %d: %s", peer.key, exc.message
+            )
             await self._reply(
                 peer, MessageType.AUTH_FAILURE, {"code": 401, "message": exc.message}, cid
             )
@@ -220,22 +233,20 @@ class SessionService:
         peer.claims = claims
         peer.device_type = device_type
         peer.device_name = device_name
-        new_token, expires_at = self.authority.refresh(claims, ttl=self._token_ttl, now=now)
-        # The socket stays authorised as long as the token it was just handed:
-        # that is what expires_at tells the client (decision 0005).
+        renewed = self._renew(claims, now, peer)
+        # The socket stays authorised as long as the token it was just handed
+        # (decision 0005), or, when none was, as long as the presented one: that
+        # is what expires_at tells the client.
+        expires_at = renewed[1] if renewed else claims.expires_at
         peer.authorize_until(expires_at)
-        await self._reply(
-            peer,
-            MessageType.AUTH_SUCCESS,
-            {
-                "new_token": new_token,
-                "expires_at": expires_at,
-                "device_id": claims.device_id,
-                "session_id": claims.session_id,
-                "user_id": claims.user_id,
-            },
-            cid,
+        success: dict[str, Any] = {"new_token": renewed[0]} if renewed else {}
+        success.update(
+            expires_at=expires_at,
+            device_id=claims.device_id,
+            session_id=claims.session_id,
+            user_id=claims.user_id,
         )
+        await self._reply(peer, MessageType.AUTH_SUCCESS, success, cid)
         if came_online:
             log.info(
                 "device %s joined session %s (connection %d)",
@@ -250,6 +261,25 @@ class SessionService:
         if request.last_version is not None:
             await self._resume(peer, claims, request.last_version, cid)
 
+    def _renew(self, claims: Claims, now: float, peer: Peer) -> tuple[str, int] | None:
+        """The new_token for an accepted Auth, or None when it must not be renewed.
+
+        Operator tokens (admin, metrics, service) are never renewed over /ws: a
+        leaked short-lived operator token must not become a renewable one. Device
+        tokens are renewed up to TOKEN_MAX_LIFETIME after the original sign-in.
+        """
+        if claims.is_operator:
+            self.refusals.refuse(
+                "renewal_operator_role", "no new_token for connection %d", peer.key
+            )
+            return None
+        renewed = self.authority.refresh(
+            claims, ttl=self._token_ttl, now=now, max_lifetime=self._token_max_lifetime
+        )
+        if renewed is None:
+            self.refusals.refuse("renewal_max_lifetime", "no new_token for connection %d", peer.key)
+        return renewed
+
     async def _refuse_auth(self, peer: Peer, exc: RequestError, cid: Any) -> None:
         # Still an answer to Auth (not an Error), so v1 clients waiting for 8 or 9
         # get one; the code says why (429 device limit, 503 store unavailable).
@@ -257,22 +287,27 @@ class SessionService:
         await self._reply(peer, MessageType.AUTH_FAILURE, payload, cid)
 
     async def _resume(self, peer: Peer, claims: Claims, since: int, cid: Any) -> None:
-        """Resume (15): exactly the changes after ``since``, or a snapshot when history
-        no longer reaches back (or the replay would be larger than a snapshot may be)."""
+        """Resume (15): exactly the changes after ``since``, or a snapshot.
+
+        The store decides before reading or decoding anything: a snapshot when
+        its history no longer reaches back to ``since`` or the replay's stored
+        size exceeds its budget (MAX_STATE_BYTES), so one resume of a large
+        history never holds the event loop or the store for long.
+        """
         with self.metrics.store_operation("changes_since"):
             changes = await self.store.changes_since(claims.session_id, since)
         payload: dict[str, Any]
         if changes is not None:
-            described = [c.describe() for c in changes]
-            if len(orjson.dumps(described)) <= self._max_replay_bytes:
-                payload = {
-                    "mode": "changes",
-                    "from_version": since,
-                    "version": changes[-1].version if changes else since,
-                    "changes": described,
-                }
-                await self._reply(peer, MessageType.RESUME, payload, cid)
-                return
+            self.metrics.resumes.labels(mode="changes").inc()
+            payload = {
+                "mode": "changes",
+                "from_version": since,
+                "version": changes[-1].version if changes else since,
+                "changes": [c.describe() for c in changes],
+            }
+            await self._reply(peer, MessageType.RESUME, payload, cid)
+            return
+        self.metrics.resumes.labels(mode="snapshot").inc()
         with self.metrics.store_operation("snapshot"):
             snap = await self.store.snapshot(claims.session_id)
         payload = {

@@ -22,6 +22,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
 from syncbridge.errors import ConfigError
+from syncbridge.protocol.session import DEFAULT_HISTORY_MAX_BYTES
 
 __all__ = [
     "LISTEN_FD_ENV",
@@ -121,6 +122,14 @@ class Settings:
         validator=_positive,
         metadata=_opt("TOKEN_TTL", "lifetime of the new_token issued by AuthSuccess"),
     )
+    token_max_lifetime: float = attrs.field(
+        default=7 * 86400.0,
+        validator=_positive,
+        metadata=_opt(
+            "TOKEN_MAX_LIFETIME",
+            "renewal stops this long after the original sign-in (claim auth_time, else iat)",
+        ),
+    )
     log_level: str = attrs.field(
         default="info",
         validator=_one_of(LOG_LEVELS),
@@ -205,6 +214,14 @@ class Settings:
         default=1000,
         validator=_positive,
         metadata=_opt("HISTORY_SIZE", "changes kept per session for resume after reconnect"),
+    )
+    history_max_bytes: int = attrs.field(
+        default=DEFAULT_HISTORY_MAX_BYTES,
+        validator=_positive,
+        metadata=_opt(
+            "HISTORY_MAX_BYTES",
+            "encoded bytes of the changes kept per session (oldest dropped first)",
+        ),
     )
     session_ttl: float = attrs.field(
         default=7 * 86400.0,

@@ -66,7 +66,7 @@ EXPECT: dict[str, str | tuple[str, ...]] = {
     "export TOKEN=": JWT,
     # Quick diagnostics
     "python -m syncbridge check": CHECK_OK,
-    "curl -s http://localhost:8080/health | jq .": (r'"status": "ok"', r'"backend": "redis"'),
+    "8080/health/details | jq .": (r'"status": "ok"', r'"backend": "redis"'),
     "redis-cli ping": r"^PONG$",
     '"client_time":1}}': r'"type":2,.*"client_time":1\b',
     # Cannot connect
