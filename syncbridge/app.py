@@ -75,6 +75,7 @@ class SyncBridgeApp:
             broker=self.backend.broker,
             authority=TokenAuthority(settings.jwt_secret),
             token_ttl=settings.token_ttl,
+            token_max_lifetime=settings.token_max_lifetime,
             leave_timeout=settings.cleanup_timeout / 2,
             metrics=self.metrics,
             clock=clock,
@@ -142,7 +143,7 @@ class SyncBridgeApp:
         if scope["type"] != "http":
             return
         if scope["path"] == "/health":
-            status, body = await health(self)
+            status, body = await health(self, scope)
             await send_json(send, status, body)
         else:
             await self.admin.handle(scope, send)
@@ -160,7 +161,7 @@ class SyncBridgeApp:
                 send, 405, {"error": "method not allowed"}, headers=[(b"allow", b"GET")]
             )
         elif path == "/health":
-            status, body = await health(self)
+            status, body = await health(self, scope)
             await send_json(send, status, body)
         elif path == "/health/live":
             await send_json(send, 200, {"status": "alive"})

@@ -159,11 +159,6 @@ async def test_device_token_is_renewed_only_up_to_the_max_lifetime(store: StoreU
             assert fresh["auth_time"] == now
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py does not yet pass settings.token_max_lifetime to SessionService "
-    "(one line, requested from the transport rewrite); remove this marker then",
-)
 async def test_token_max_lifetime_setting_reaches_the_service(store: StoreUnderTest) -> None:
     now = int(time.time())
     with trio.fail_after(BOUND):
