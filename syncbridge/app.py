@@ -11,6 +11,7 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -23,6 +24,7 @@ from syncbridge.http.admin import AdminRoutes, is_admin_path
 from syncbridge.http.health import health, readiness
 from syncbridge.http.response import send_json
 from syncbridge.hub import Hub
+from syncbridge.limits import AddressRate
 from syncbridge.metrics import Metrics
 from syncbridge.service import SessionService
 from syncbridge.settings import Settings
@@ -76,12 +78,20 @@ class SyncBridgeApp:
             authority=TokenAuthority(settings.jwt_secret),
             token_ttl=settings.token_ttl,
             token_max_lifetime=settings.token_max_lifetime,
+            max_sockets_per_device=settings.max_sockets_per_device,
+            rate_limit=settings.rate_limit,
+            rate_burst=settings.rate_burst,
             leave_timeout=settings.cleanup_timeout / 2,
             metrics=self.metrics,
             clock=clock,
         )
         self.admin = AdminRoutes(self, self.service.authority, self.metrics)
         self.connections: dict[int, Connection] = {}
+        self.address_rate = AddressRate(
+            settings.handshake_rate,
+            settings.handshake_burst,
+            exempt=settings.rate_exempt_addresses,
+        )
         self.started_at = time.time()
         self.draining = False
         self._keys = itertools.count(1)
@@ -185,20 +195,33 @@ class SyncBridgeApp:
 
     # -- WebSocket ------------------------------------------------------------
 
-    def admit(self, request: Request) -> Refusal | None:
-        """Whether a WebSocket handshake may proceed: None, or (status, message)."""
+    def admit(self, request: Request, address: str) -> Refusal | None:
+        """Whether a WebSocket handshake from ``address`` may proceed: None, or
+        (status, message). Every refusal is counted by reason."""
+        refuse = self.service.refusals.refuse
         if self.draining:
+            refuse("handshake_draining", "WebSocket from %s", address)
             return 503, "server is shutting down; reconnect shortly"
         origin = request.headers.get("Origin")
         allowed = self.settings.allowed_origins
         if origin is not None and allowed and origin not in allowed:
-            log.info("refused WebSocket from origin %r", origin)
+            refuse("handshake_origin", "WebSocket from %s with origin %r", address, origin)
             return 403, "origin not allowed"
+        if not self.address_rate.allow(address, trio.current_time()):
+            refuse("handshake_address_rate", "WebSocket from %s", address)
+            return 429, "too many connection attempts from this address; retry later"
+        if len(self.connections) >= self.settings.max_connections:
+            refuse("handshake_connection_cap", "WebSocket from %s", address)
+            return 503, "server at its connection limit; reconnect shortly"
         return None
 
-    async def serve_websocket(self, sock: socket.socket, peer: str, head: bytes) -> None:
+    async def serve_websocket(
+        self, sock: socket.socket, address: tuple[str, int], head: bytes
+    ) -> None:
         """Answer the handshake in ``head`` and serve the WebSocket until it closes."""
         settings = self.settings
+        host = address[0]
+        peer = f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
         opened = None
         try:
             with trio.move_on_after(settings.handshake_timeout):
@@ -208,7 +231,7 @@ class SyncBridgeApp:
                     peer=peer,
                     max_message_bytes=settings.max_message_bytes,
                     deflate=settings.ws_deflate,
-                    admit=self.admit,
+                    admit=partial(self.admit, address=host),
                 )
         finally:
             if opened is None:
@@ -245,7 +268,17 @@ class SyncBridgeApp:
         with trio.move_on_after(timeout) as scope:
             await self._no_connections.wait()
         if scope.cancelled_caught:
-            log.warning("%d connections still open after %.1fs", len(self.connections), timeout)
+            # Peers that do not complete the closing handshake (one that stopped
+            # reading, say) must not hold the shutdown: cut them off.
+            log.warning(
+                "%d connections still open after %.1fs: aborting them",
+                len(self.connections),
+                timeout,
+            )
+            for connection in list(self.connections.values()):
+                connection.abort()
+            with trio.move_on_after(self.settings.cleanup_timeout):
+                await self._no_connections.wait()
 
     async def wait_no_connections(self) -> None:
         """Block until no WebSocket connection is open (tests and drain use it)."""

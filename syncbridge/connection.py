@@ -100,12 +100,22 @@ class Connection:
         if self._timer is not None:  # let the heartbeat take the new deadline
             self._timer.cancel()
 
+    def share_rate_limit(self, bucket: TokenBucket) -> None:
+        """Count this socket's messages against the device's shared bucket."""
+        self._bucket = bucket
+
     def close(self, code: CloseCode, reason: str) -> None:
         """End the connection with ``code``; the first close code given wins."""
         if self.close_code is None and self.peer_close_code is None:
             self.close_code = code
             self.close_reason = reason
         self._scope.cancel()
+
+    def abort(self) -> None:
+        """Release the socket now, whatever the connection is doing (shutdown past its
+        deadline); its tasks and clean-up end at once."""
+        self.close(CloseCode.GOING_AWAY, "server stopped")
+        self._transport.release()
 
     async def run(self) -> None:
         """Serve the socket until either side closes it."""
@@ -208,8 +218,14 @@ class Connection:
         now = trio.current_time()
         if not self._bucket.allow(now):
             if self._refused_too_often(now):
+                self._service.refusals.refuse(
+                    "flooding", "connection %d closed 4429 (%s)", self.key, self.client
+                )
                 self.close(CloseCode.FLOODING, "message rate limit exceeded persistently")
                 return
+            self._service.refusals.refuse(
+                "rate_limited", "message on connection %d (%s)", self.key, self.client
+            )
             cid = None
             try:
                 cid = decode(data).correlation_id

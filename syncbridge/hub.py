@@ -112,6 +112,13 @@ class Hub:
         del self._sessions[session_id]
         return True
 
+    def device_connections(self, session_id: str, device_id: str) -> int:
+        """How many of this process's connections to ``session_id`` are ``device_id``'s."""
+        subscribers = self._sessions.get(session_id)
+        if not subscribers:
+            return 0
+        return sum(1 for device, _box in subscribers.values() if device == device_id)
+
     def outboxes(
         self,
         session_id: str,

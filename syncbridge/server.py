@@ -200,7 +200,6 @@ async def _handle_connection(
     app: SyncBridgeApp, http: _HttpSide, sock: socket.socket, address: tuple[str, int]
 ) -> None:
     settings = app.settings
-    peer = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
     handed_over = False
     head: bytes | None = None
     try:
@@ -211,7 +210,7 @@ async def _handle_connection(
         kind = route(head, WS_PATH)
         if kind == "websocket":
             handed_over = True
-            await app.serve_websocket(sock, peer, head)
+            await app.serve_websocket(sock, address, head)
             return
         if kind == "h2c" and not settings.http2_cleartext:
             return  # HTTP/2 without TLS is off: nothing this client can read

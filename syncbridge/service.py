@@ -30,6 +30,7 @@ from syncbridge.errors import (
     StoreUnavailable,
 )
 from syncbridge.hub import Hub, Outbox
+from syncbridge.limits import DeviceBuckets
 from syncbridge.metrics import Metrics
 from syncbridge.presence import PresenceStore
 from syncbridge.protocol.codec import encode, error_payload
@@ -42,7 +43,7 @@ from syncbridge.protocol.messages import (
     SnapshotRequest,
     StateUpdateRequest,
 )
-from syncbridge.protocol.session import Snapshot
+from syncbridge.protocol.session import Snapshot, TokenBucket
 from syncbridge.refusals import RefusalLog
 from syncbridge.settings import Settings
 from syncbridge.store.base import Origin, Store
@@ -72,6 +73,10 @@ class Peer(Protocol):
         """End the connection with a close code."""
         ...
 
+    def share_rate_limit(self, bucket: TokenBucket) -> None:
+        """From now on, count messages against ``bucket`` (the device's, shared)."""
+        ...
+
 
 class SessionService:
     """The authenticated operations of the v1 protocol."""
@@ -87,6 +92,9 @@ class SessionService:
         token_ttl: float,
         token_max_lifetime: float = DEFAULT_TOKEN_MAX_LIFETIME,
         leave_timeout: float = 1.0,
+        max_sockets_per_device: int = 8,
+        rate_limit: float = 100.0,
+        rate_burst: float = 200.0,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -106,6 +114,9 @@ class SessionService:
         # DeviceLeft is sent from a closing connection's bounded clean-up, so
         # it may wait for full outboxes only part of that bound.
         self._leave_timeout = leave_timeout
+        self._max_sockets_per_device = max_sockets_per_device
+        # The message rate follows the device across its sockets.
+        self.device_buckets = DeviceBuckets(rate_limit, rate_burst)
         self.clock = clock
         self._last_time = 0
         self._locks: dict[str, trio.Lock] = {}
@@ -182,6 +193,30 @@ class SessionService:
                 cid,
             )
             return
+        if previous is None:
+            sockets = self.hub.device_connections(claims.session_id, claims.device_id)
+            if sockets >= self._max_sockets_per_device:
+                self.refusals.refuse(
+                    "socket_cap",
+                    "device %s of session %s already has %d sockets (connection %d)",
+                    claims.device_id,
+                    claims.session_id,
+                    sockets,
+                    peer.key,
+                )
+                limit = self._max_sockets_per_device
+                await self._refuse_auth(
+                    peer,
+                    LimitExceeded(
+                        f"this device already has {sockets} open sockets in this session "
+                        f"(limit {limit}); close one first",
+                        status=429,
+                        error_code="TOO_MANY_SOCKETS",
+                        details={"limit_sockets": limit},
+                    ),
+                    cid,
+                )
+                return
         device_type = request.device_type or peer.device_type
         device_name = request.device_name or peer.device_name
         joined = self._broadcast_frame(
@@ -230,6 +265,7 @@ class SessionService:
             raise
         if previous is None:
             self.hub.subscribe(claims.session_id, peer.key, peer.outbox, device_id=claims.device_id)
+            peer.share_rate_limit(self.device_buckets.acquire(claims.session_id, claims.device_id))
         peer.claims = claims
         peer.device_type = device_type
         peer.device_name = device_name
@@ -437,6 +473,7 @@ class SessionService:
         if claims is None:
             return
         self.hub.unsubscribe(claims.session_id, peer.key)
+        self.device_buckets.release(claims.session_id, claims.device_id)
         now = self.now()
         left = self._broadcast_frame(
             claims,

@@ -260,6 +260,40 @@ class Settings:
             "HANDSHAKE_TIMEOUT", "a new TCP connection must send its request head within this"
         ),
     )
+    max_connections: int = attrs.field(
+        default=20_000,
+        validator=_positive,
+        metadata=_opt(
+            "MAX_CONNECTIONS", "open WebSockets per process; beyond: handshakes refused 503"
+        ),
+    )
+    max_sockets_per_device: int = attrs.field(
+        default=8,
+        validator=_positive,
+        metadata=_opt(
+            "MAX_SOCKETS_PER_DEVICE",
+            "sockets of one device in one session per process (beyond: AuthFailure 429)",
+        ),
+    )
+    handshake_rate: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_opt(
+            "HANDSHAKE_RATE", "WebSocket handshakes per second per client address (beyond: 429)"
+        ),
+    )
+    handshake_burst: int = attrs.field(
+        default=50,
+        validator=_positive,
+        metadata=_opt("HANDSHAKE_BURST", "burst allowance of HANDSHAKE_RATE per address"),
+    )
+    rate_exempt_addresses: tuple[str, ...] = attrs.field(
+        default=("127.0.0.1", "::1"),
+        metadata=_opt(
+            "RATE_EXEMPT_ADDRESSES",
+            "comma-separated client addresses without a handshake rate (a local proxy)",
+        ),
+    )
     ws_deflate: bool = attrs.field(
         default=False,
         metadata=_opt("WS_DEFLATE", "offer permessage-deflate on /ws (costs CPU and memory)"),

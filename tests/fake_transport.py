@@ -198,6 +198,7 @@ class FakeWebSocket:
 
     def release(self) -> None:
         self.released = True
+        self._break()
 
     # -- controls ------------------------------------------------------------------
 

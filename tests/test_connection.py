@@ -386,3 +386,70 @@ async def test_backpressure_messages_never_reordered_for_a_receiver(
     assert [v for v, _ in seen if v.startswith("p2")] == [f"p2-{i}" for i in range(8)]
     assert [(v, version) for _, v, version in pushes(fast)] == seen
     assert app.hub.slow_consumers_closed == 0
+
+
+# -- rate limits: flooding window, shared per device, outbox bytes -------------------------
+
+
+async def test_flooding_closes_4429_on_refusals_within_the_window_despite_refills(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    # 10 messages/s with a burst of 20: a client sending 11 every 0.1 s gets one
+    # through per refill, so it never makes 20 refusals "in a row" (the old rule),
+    # yet it is refused ~90 % of the time: 20 refusals within FLOOD_WINDOW close it.
+    app = make_app(rate_limit=10, rate_burst=20, flood_window=10)
+    link = await connect(nursery, app, "a")
+    link.ws.pending()
+    for _ in range(20):  # use up the burst
+        link.ws.push(MessageType.HEARTBEAT, {})
+    await trio.testing.wait_all_tasks_blocked()
+    link.ws.pending()
+    ticks = 0
+    while not link.ws.is_closed:
+        ticks += 1
+        for _ in range(11):
+            link.ws.push(MessageType.HEARTBEAT, {})
+        with trio.move_on_after(0.1):
+            await link.ws.wait_closed()
+    assert link.connection.close_code == CloseCode.FLOODING
+    assert ticks <= 3
+    metrics = app.metrics.render().decode()
+    assert 'syncbridge_refusals_total{reason="flooding"} 1.0' in metrics
+    assert 'syncbridge_refusals_total{reason="rate_limited"}' in metrics
+
+
+async def test_rate_limit_follows_the_device_across_its_sockets(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app(rate_limit=1, rate_burst=10, flood_window=1000)
+    tabs = [await connect(nursery, app, "a") for _ in range(4)]
+    await trio.testing.wait_all_tasks_blocked()
+    for tab in tabs:
+        tab.ws.pending()
+    for tab in tabs:  # 4 sockets x 10 messages at the same instant
+        for _ in range(10):
+            tab.ws.push(MessageType.HEARTBEAT, {})
+    await trio.testing.wait_all_tasks_blocked()
+    replies = [m for tab in tabs for m in tab.ws.pending()]
+    acks = [m for m in replies if m["type"] == MessageType.HEARTBEAT_ACK]
+    refused = [m for m in replies if m["type"] == MessageType.ERROR]
+    assert len(acks) == 10  # one device, one burst: not 4 x 10
+    assert len(refused) == 30
+    assert {m["payload"]["error_code"] for m in refused} == {"RATE_LIMITED"}
+
+
+async def test_outbox_bounded_in_bytes_closes_slow_consumer(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app(outbox_size=1000, outbox_bytes=2_000, slow_consumer_timeout=5)
+    pub, stalled = await session_of(nursery, app, "p", "s")
+    stalled.ws.stall()
+    for i in range(6):  # ~600-byte frames: the fourth no longer fits 2 000 bytes
+        pub.ws.push(MessageType.STATE_UPDATE, {"key": "k", "value": f"{i}" * 500})
+    depth = 0
+    with trio.fail_after(5.1):
+        while not stalled.ws.close_calls():
+            depth = max(depth, stalled.connection.outbox.depth)
+            await stalled.ws.wait_room()
+    assert stalled.connection.close_code == CloseCode.SLOW_CONSUMER
+    assert depth == 3  # 3 x ~600 bytes queued; the fourth waited, then the close

@@ -78,7 +78,7 @@ async def open_websocket(
             response = protocol.accept(request)
         else:
             response = refusal_response(*refusal)
-            if refusal[0] == 503:
+            if refusal[0] in (429, 503):
                 response.headers["Retry-After"] = "1"
         protocol.send_response(response)
         accepted = response.status_code == 101

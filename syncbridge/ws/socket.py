@@ -177,8 +177,18 @@ class WebSocket:
                 self._wake_writer = trio.Event()
                 await self._wake_writer.wait()
                 continue
+            if await self._wait_writable():
+                self._write_some()
+
+    async def _wait_writable(self) -> bool:
+        # release() from another task (a shutdown past its deadline) wakes this
+        # waiter with ClosedResourceError: the socket is gone, not our bug.
+        try:
             await trio.lowlevel.wait_writable(self._sock)
-            self._write_some()
+        except trio.ClosedResourceError:
+            self._break()
+            return False
+        return not self._broken
 
     def _write_some(self) -> None:
         queue = self._queue
@@ -221,8 +231,8 @@ class WebSocket:
     async def wait_flushed(self) -> None:
         """Write out everything queued (bounded by the caller's deadline)."""
         while self._queue and not self._broken:
-            await trio.lowlevel.wait_writable(self._sock)
-            self._write_some()
+            if await self._wait_writable():
+                self._write_some()
 
     # -- receiving ----------------------------------------------------------------
 
@@ -255,7 +265,11 @@ class WebSocket:
             try:
                 data = self._sock.recv(_RECEIVE_BYTES)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(self._sock)
+                try:
+                    await trio.lowlevel.wait_readable(self._sock)
+                except trio.ClosedResourceError:  # released by another task
+                    self._break()
+                    return b""
                 continue
             except OSError:
                 self._break()
@@ -322,7 +336,10 @@ class WebSocket:
             self.flush_protocol()
 
     def release(self) -> None:
-        """Close the socket now (idempotent); the connection is over."""
+        """Close the socket now (idempotent); the connection is over.
+
+        Tasks waiting on the socket wake up and see it broken.
+        """
         if self._released:
             return
         self._released = True

@@ -161,7 +161,9 @@ async def test_redis_store_hung_redis_times_out_and_replies_stay_in_step(
         started = trio.current_time()
         with pytest.raises(StoreUnavailable, match=r"no answer within 0\.5s"):
             await attempt()
-        assert TIMEOUT <= trio.current_time() - started < TIMEOUT + 0.5
+        # The outcome is the refusal; the clock only shows it was not answered early
+        # and did not hang (a loaded machine may add seconds, never subtract).
+        assert TIMEOUT <= trio.current_time() - started < TIMEOUT + 10
     await redis_bench.redis.cli("CLIENT", "UNPAUSE")  # answered once the pause is over
     # The late replies to the abandoned requests must not be taken for the answers
     # to later ones: every reply below matches its own request.
