@@ -81,6 +81,7 @@ class SyncBridgeApp:
             max_sockets_per_device=settings.max_sockets_per_device,
             rate_limit=settings.rate_limit,
             rate_burst=settings.rate_burst,
+            order_timeout=settings.store_timeout + settings.slow_consumer_timeout,
             leave_timeout=settings.cleanup_timeout / 2,
             metrics=self.metrics,
             clock=clock,

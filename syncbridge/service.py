@@ -95,6 +95,7 @@ class SessionService:
         max_sockets_per_device: int = 8,
         rate_limit: float = 100.0,
         rate_burst: float = 200.0,
+        order_timeout: float = 5.0,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -115,6 +116,8 @@ class SessionService:
         # it may wait for full outboxes only part of that bound.
         self._leave_timeout = leave_timeout
         self._max_sockets_per_device = max_sockets_per_device
+        # How long a writer's ack may wait for its turn in the relayed stream (Redis).
+        self._order_timeout = order_timeout
         # The message rate follows the device across its sockets.
         self.device_buckets = DeviceBuckets(rate_limit, rate_burst)
         self.clock = clock
@@ -409,46 +412,62 @@ class SessionService:
     async def _update(self, peer: Peer, request: StateUpdateRequest, cid: Any) -> None:
         claims = self._owned(peer)
         started = time.perf_counter()
-        async with self._session_lock(claims.session_id):
-            with self.metrics.store_operation("apply"):
-                change = await self.store.apply(
+        # On Redis the ack takes its place among the relayed changes (the relay
+        # puts it there); in one process the session lock orders everything.
+        ticket = self.broker.reply_in_order(claims.session_id, peer.key)
+        try:
+            async with self._session_lock(claims.session_id):
+                with self.metrics.store_operation("apply"):
+                    change = await self.store.apply(
+                        claims.session_id,
+                        request.key,
+                        request.value,
+                        request.operation,
+                        Origin(claims.user_id, claims.device_id, peer.key),
+                    )
+                self.metrics.update_store_seconds.observe(time.perf_counter() - started)
+                # Encoded once for the ack and the broadcast: a value can be
+                # hundreds of kilobytes.
+                payload = orjson.Fragment(
+                    orjson.dumps(
+                        {
+                            "key": change.key,
+                            "value": change.value,
+                            "operation": change.operation.value,
+                            "version": change.version,
+                        }
+                    )
+                )
+                log.debug(
+                    "update %s v%d key=%r by %s",
                     claims.session_id,
-                    request.key,
-                    request.value,
-                    request.operation,
-                    Origin(claims.user_id, claims.device_id, peer.key),
+                    change.version,
+                    change.key,
+                    claims.device_id,
                 )
-            self.metrics.update_store_seconds.observe(time.perf_counter() - started)
-            # Encoded once for the ack and the broadcast: a value can be
-            # hundreds of kilobytes.
-            payload = orjson.Fragment(
-                orjson.dumps(
-                    {
-                        "key": change.key,
-                        "value": change.value,
-                        "operation": change.operation.value,
-                        "version": change.version,
-                    }
-                )
+                ack = self._broadcast_frame(claims, MessageType.STATE_UPDATE, payload, cid)
+                if ticket is None:
+                    await self.hub.send(peer.outbox, ack)
+                    if not self.store.publishes:
+                        await self.broker.publish(
+                            claims.session_id,
+                            self._broadcast_frame(claims, MessageType.STATE_UPDATE, payload),
+                            origin=peer.key,
+                        )
+        except BaseException:
+            if ticket is not None:
+                ticket.abandon()
+            raise
+        if ticket is not None and not await ticket.send(
+            change.version, ack, peer.outbox, timeout=self._order_timeout
+        ):
+            # The relay never reached this version (pub/sub lost or far behind):
+            # the device can no longer tell what it has seen; it resyncs.
+            peer.close(
+                CloseCode.SLOW_CONSUMER,
+                "behind (slow consumer or missed events): resync by version",
             )
-            log.debug(
-                "update %s v%d key=%r by %s",
-                claims.session_id,
-                change.version,
-                change.key,
-                claims.device_id,
-            )
-            await self.hub.send(
-                peer.outbox,
-                self._broadcast_frame(claims, MessageType.STATE_UPDATE, payload, cid),
-            )
-            if not self.store.publishes:
-                await self.broker.publish(
-                    claims.session_id,
-                    self._broadcast_frame(claims, MessageType.STATE_UPDATE, payload),
-                    origin=peer.key,
-                )
-            self.metrics.update_seconds.observe(time.perf_counter() - started)
+        self.metrics.update_seconds.observe(time.perf_counter() - started)
 
     async def _device_list(self, peer: Peer, cid: Any) -> None:
         claims = self._owned(peer)

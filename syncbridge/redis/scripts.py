@@ -73,7 +73,9 @@ redis.call('PEXPIRE', meta, ttl)
 redis.call('PEXPIRE', history, ttl)
 local frame = '{"type":5,"timestamp":' .. now .. ',"payload":{"key":' .. key_json ..
   ',"value":' .. value .. ',"operation":"' .. op .. '","version":' .. version .. '}' .. ARGV[10]
-redis.call(ARGV[14], ARGV[9], ARGV[11] .. frame)
+-- The routing header (ARGV[11], a JSON array and a newline) gains the version, so
+-- the writer's relay can place the writer's ack at this version's turn.
+redis.call(ARGV[14], ARGV[9], string.sub(ARGV[11], 1, -3) .. ',' .. version .. ']\\n' .. frame)
 return {'OK', version, redis.call('HGET', meta, 'created_at')}
 """
 
