@@ -130,8 +130,12 @@ class Observer:
         if wakeup is not None:
             wakeup.set()
 
-    async def wait_event(self) -> None:
-        """Block until the next event is recorded (callers bound the wait)."""
+    async def wait_event(self, after: int) -> None:
+        """Block until an event newer than sequence number ``after`` is recorded
+        (at once if there is one already; callers bound the wait)."""
+        if self._seq > after:
+            await trio.lowlevel.checkpoint()
+            return
         if self._wakeup is None:
             self._wakeup = trio.Event()
         await self._wakeup.wait()

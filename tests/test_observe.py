@@ -66,7 +66,7 @@ async def test_observer_wakes_a_waiting_feed_on_the_next_event() -> None:
     woken = trio.Event()
 
     async def watch() -> None:
-        await observer.wait_event()
+        await observer.wait_event(after=observer.last_seq)
         woken.set()
 
     async with trio.open_nursery() as nursery:
@@ -76,3 +76,6 @@ async def test_observer_wakes_a_waiting_feed_on_the_next_event() -> None:
         observer.updated("s", "a", 1, "k")
         with trio.fail_after(1):
             await woken.wait()
+    # An event recorded before the wait began is not missed.
+    with trio.fail_after(1):
+        await observer.wait_event(after=0)

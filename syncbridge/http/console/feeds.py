@@ -147,10 +147,10 @@ def by_label(counter: PromCounter, label: str | None) -> dict[str, float]:
     return dict(found)
 
 
-async def overview(app: ConsoleSource, sampler: Sampler) -> dict[str, Any]:
-    """Health, the newest chart point, the hottest sessions, refusals and notable closes."""
+async def overview(app: ConsoleSource, sampler: Sampler, *, after: float) -> dict[str, Any]:
+    """Health, the chart points taken after ``after`` (Unix s), the hottest sessions,
+    refusals and notable closes."""
     status, body = await health(app)
-    latest = sampler.samples[-1:] or [sampler.sample()]
     closes = [
         {"at": e.at, "session_id": e.session_id, "device_id": e.device_id, "code": e.code}
         for e in app.service.observer.events(kind=CLOSE)
@@ -164,7 +164,7 @@ async def overview(app: ConsoleSource, sampler: Sampler) -> dict[str, Any]:
     }
     return {
         "health": {"http_status": status, **body},
-        "sample": latest[-1].describe(),
+        "samples": describe_samples(s for s in sampler.samples if s.at > after),
         "interval": sampler.interval,
         "hot": hot_sessions(app),
         "refusals": {

@@ -207,24 +207,26 @@ class Console:
 
     async def _overview(self, emit: Emit) -> None:
         sampler = self.sampler
-        await emit(
-            "history",
-            {"samples": describe_samples(sampler.samples), "interval": sampler.interval},
-        )
+        samples = sampler.samples
+        await emit("history", {"samples": describe_samples(samples), "interval": sampler.interval})
+        last = samples[-1].at if samples else 0.0
         while not self._app.draining:
-            await emit("overview", await overview(self._app, sampler))
+            document = await overview(self._app, sampler, after=last)
+            last = max([last, *(s["at"] for s in document["samples"])])
+            await emit("overview", document)
             await trio.sleep(_TICK_SECONDS)
 
     async def _session(self, feed: SessionFeed, emit: Emit) -> None:
         observer = self._app.service.observer
         while not self._app.draining:
+            seen = observer.last_seq  # before the step: what happens during it wakes the next
             for event, data in await feed.step():
                 await emit(event, data)
             await emit("alive", {"at": round(time.time(), 3)})
             # Woken by the next update or close of any session here; otherwise
             # once a tick, for changes made through other processes.
             with trio.move_on_after(_TICK_SECONDS):
-                await observer.wait_event()
+                await observer.wait_event(after=seen)
 
 
 def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:

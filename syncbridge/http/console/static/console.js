@@ -192,10 +192,11 @@ function onOverview(data) {
     `${store.backend}${store.address ? ` at ${store.address}` : ""}: ${store.status}` +
     (store.latency_ms !== undefined ? `, ${store.latency_ms} ms` : "") +
     (store.error ? ` (${store.error})` : "");
-  addSample(data.sample);
-  $("now-connections").textContent = data.sample.connections;
-  $("now-sessions").textContent = data.sample.sessions;
-  $("now-deliveries").textContent = data.sample.deliveries_per_s;
+  for (const sample of data.samples) addSample(sample);
+  $("now-connections").textContent = health.active_connections;
+  $("now-sessions").textContent = health.sessions;
+  const newest = series.deliveries[series.deliveries.length - 1];
+  $("now-deliveries").textContent = newest ? newest.v : "–";
   drawCharts();
 
   const hot = $("hot").tBodies[0];
