@@ -12,7 +12,14 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from syncbridge.errors import StoreUnavailable
@@ -35,6 +42,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_open_fds / process_max_fds: every WebSocket is a file descriptor,
+        # so this is how close the process is to its connection cap (alerts.yml).
+        ProcessCollector(registry=r)
         self.messages_received = Counter(
             "syncbridge_messages_received", "Messages received, by type", ["type"], registry=r
         )
