@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from syncbridge.client import open_client
+from syncbridge.client import Client, Disconnected, open_client
 from syncbridge.errors import CloseCode
 from syncbridge.protocol.messages import MessageType
 
@@ -222,3 +223,36 @@ async def test_console_session_feed_needs_a_session_id(server: RunningServer) ->
     with trio.fail_after(BOUND):
         response = await request(server.http, "/console/api/session", admin_token())
     assert response.status == 400
+
+
+async def flood(client: Client) -> None:
+    """Send heartbeats until the server closes the socket (raises Disconnected)."""
+    for i in itertools.count():
+        await client.send_raw(f'{{"type":1,"correlation_id":"f{i}"}}')
+
+
+async def test_console_lists_slow_consumer_and_rate_limit_closes(server_factory: Any) -> None:
+    server: RunningServer = await server_factory(rate_limit=0.001, rate_burst=5)
+    path = "/console/api/session?session_id=s1"
+    with trio.fail_after(BOUND):
+        async with open_event_stream(server.http, path, admin_token()) as feed:
+            async with open_client(server.url, token=server.token(device="flooder")) as flooder:
+                with pytest.raises(Disconnected):
+                    await flood(flooder)
+                assert (await flooder.wait_closed()).code == CloseCode.FLOODING
+            async with open_client(server.url, token=server.token(device="slow")) as slow:
+                # The hub's own close for a consumer that missed events (as after a
+                # pub/sub reconnect): the same close as a full outbox.
+                assert server.app.hub.close_session("s1") == 1
+                assert (await slow.wait_closed()).code == CloseCode.SLOW_CONSUMER
+            codes: list[int] = []
+            while codes != [4429, 4000]:
+                codes += [c["code"] for c in await feed.wait_for("closes")]
+        async with open_event_stream(server.http, "/console/api/overview", admin_token()) as feed:
+            overview = await feed.wait_for("overview")
+    assert [(c["device_id"], c["code"]) for c in overview["closes"]] == [
+        ("slow", 4000),
+        ("flooder", 4429),
+    ]
+    assert overview["refusals"]["closes"] == {"4429": 1, "4000": 1}
+    assert overview["refusals"]["errors"] == {"RATE_LIMITED": 4}
