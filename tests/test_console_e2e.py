@@ -102,6 +102,8 @@ async def test_console_feeds_and_actions_refuse_missing_and_device_tokens(
             assert (await request(server.http, path, metrics_token(), method=method)).status == 403
         assert (await request(server.http, "/admin/kick", admin_token())).status == 405
         assert (await request(server.http, "/console", method="POST")).status == 405
+        head = await request(server.http, "/console/api/overview", admin_token(), method="HEAD")
+        assert head.status == 405
 
 
 async def test_console_overview_feed_shows_health_charts_hot_sessions_and_refusals(

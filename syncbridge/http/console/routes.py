@@ -100,12 +100,14 @@ class Console:
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one console request."""
         path: str = scope["path"]
-        if scope["method"] not in ("GET", "HEAD"):
+        # The page may be HEAD-checked; a feed is GET only (a HEAD would stream forever).
+        allowed = ("GET",) if path.startswith(CONSOLE_PATH + "/api/") else ("GET", "HEAD")
+        if scope["method"] not in allowed:
             await send_json(
                 send,
                 405,
                 {"error": "method not allowed"},
-                headers=[(b"allow", b"GET"), *SECURITY_HEADERS],
+                headers=[(b"allow", ", ".join(allowed).encode()), *SECURITY_HEADERS],
             )
             return
         if path in (CONSOLE_PATH, CONSOLE_PATH + "/"):
