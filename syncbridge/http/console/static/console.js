@@ -321,20 +321,14 @@ function onSessionCloses(closes) {
 
 // --- actions ---------------------------------------------------------------------
 
+// Resolves true only for the Confirm button; Cancel and Escape both close the dialog
+// with another returnValue, so no answer is ever left pending.
 function confirmAction(text) {
   const dialog = $("confirm");
   $("confirm-text").textContent = text;
+  dialog.returnValue = "";
   return new Promise((resolve) => {
-    const done = (answer) => {
-      $("confirm-ok").removeEventListener("click", ok);
-      $("confirm-cancel").removeEventListener("click", cancel);
-      dialog.close();
-      resolve(answer);
-    };
-    const ok = () => done(true);
-    const cancel = () => done(false);
-    $("confirm-ok").addEventListener("click", ok);
-    $("confirm-cancel").addEventListener("click", cancel);
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
     dialog.showModal();
   });
 }
@@ -374,6 +368,8 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
   $("signout").addEventListener("click", () => signOut());
+  $("confirm-ok").addEventListener("click", () => $("confirm").close("ok"));
+  $("confirm-cancel").addEventListener("click", () => $("confirm").close("cancel"));
   $("session-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const id = $("session-input").value.trim();
