@@ -50,6 +50,7 @@ CONSOLE_PATH: Final = "/console"
 _READ_ROLES: Final = (ADMIN_ROLE, METRICS_ROLE)
 _ADMIN_ROLES: Final = (ADMIN_ROLE,)
 _TICK_SECONDS: Final = 1.0
+_MIN_STEP_SECONDS: Final = 0.2
 _MAX_SESSION_ID: Final = 512
 
 SECURITY_HEADERS: Final = [
@@ -221,6 +222,7 @@ class Console:
     async def _session(self, feed: SessionFeed, emit: Emit) -> None:
         observer = self._app.service.observer
         while not self._app.draining:
+            started = trio.current_time()
             seen = observer.last_seq  # before the step: what happens during it wakes the next
             for event, data in await feed.step():
                 await emit(event, data)
@@ -229,6 +231,9 @@ class Console:
             # once a tick, for changes made through other processes.
             with trio.move_on_after(_TICK_SECONDS):
                 await observer.wait_event(after=seen)
+            # A hot session changes hundreds of times a second: one step (a snapshot
+            # of up to MAX_STATE_BYTES) per interval at most, whatever happened since.
+            await trio.sleep_until(started + _MIN_STEP_SECONDS)
 
 
 def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
