@@ -25,9 +25,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from syncbridge.errors import StoreUnavailable
 from syncbridge.protocol.messages import MessageType
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "CounterMetric", "Metrics"]
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+CounterMetric = Counter  # for readers of Metrics' counters (the console), without importing
 
 # Latency buckets from 0.1 ms to 2.5 s: a local update takes well under a
 # millisecond, a Redis round trip around one; the tail is what matters.
@@ -183,6 +184,18 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+    @staticmethod
+    def totals(counter: Counter, *labels: str) -> dict[tuple[str, ...], float]:
+        """A counter's current value summed by the given labels' values (what the
+        operator console shows); with no labels, the whole sum under ``()``."""
+        found: dict[tuple[str, ...], float] = {}
+        for family in counter.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = tuple(sample.labels.get(label, "") for label in labels)
+                    found[key] = found.get(key, 0.0) + sample.value
+        return found
 
 
 class _StoreTimer:

@@ -15,12 +15,11 @@ from typing import Any, Final, Protocol
 
 import attrs
 import trio
-from prometheus_client import Counter as PromCounter
 
 from syncbridge.auth import Claims
 from syncbridge.errors import CloseCode, StoreUnavailable
 from syncbridge.http.health import HealthSource, health
-from syncbridge.metrics import Metrics
+from syncbridge.metrics import CounterMetric, Metrics
 from syncbridge.observe import CLOSE
 from syncbridge.presence import PresenceStore
 from syncbridge.protocol.session import Change
@@ -132,19 +131,14 @@ class Sampler:
             self.sample()
 
 
-def counter_total(counter: PromCounter) -> float:
+def counter_total(counter: CounterMetric) -> float:
     """The sum of a counter over all its labels."""
-    return sum(by_label(counter, None).values())
+    return sum(Metrics.totals(counter).values())
 
 
-def by_label(counter: PromCounter, label: str | None) -> dict[str, float]:
-    """A counter's ``_total`` values by one label's value (every sample under "" if None)."""
-    found: dict[str, float] = collections.defaultdict(float)
-    for family in counter.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                found["" if label is None else sample.labels.get(label, "")] += sample.value
-    return dict(found)
+def by_label(counter: CounterMetric, label: str) -> dict[str, float]:
+    """A counter's values by one label's value."""
+    return {key[0]: value for key, value in Metrics.totals(counter, label).items()}
 
 
 async def overview(app: ConsoleSource, sampler: Sampler, *, after: float) -> dict[str, Any]:
@@ -159,7 +153,7 @@ async def overview(app: ConsoleSource, sampler: Sampler, *, after: float) -> dic
     metrics = app.metrics
     server_closes = {
         code: n
-        for (code, by), n in _by_two_labels(metrics.connections_closed, "code", "by").items()
+        for (code, by), n in Metrics.totals(metrics.connections_closed, "code", "by").items()
         if by == "server"
     }
     return {
@@ -174,15 +168,6 @@ async def overview(app: ConsoleSource, sampler: Sampler, *, after: float) -> dic
         },
         "closes": list(reversed(closes)),
     }
-
-
-def _by_two_labels(counter: PromCounter, a: str, b: str) -> dict[tuple[str, str], float]:
-    found: dict[tuple[str, str], float] = {}
-    for family in counter.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_total"):
-                found[(sample.labels.get(a, ""), sample.labels.get(b, ""))] = sample.value
-    return found
 
 
 def hot_sessions(app: ConsoleSource) -> list[dict[str, Any]]:
