@@ -258,3 +258,19 @@ async def test_console_lists_slow_consumer_and_rate_limit_closes(server_factory:
     ]
     assert overview["refusals"]["closes"] == {"4429": 1, "4000": 1}
     assert overview["refusals"]["errors"] == {"RATE_LIMITED": 4}
+
+
+async def test_console_feed_ends_when_the_browser_goes(server: RunningServer) -> None:
+    console = server.app.console
+    with trio.fail_after(BOUND):
+        async with (
+            open_event_stream(server.http, "/console/api/overview", admin_token()) as overview,
+            open_event_stream(
+                server.http, "/console/api/session?session_id=s1", admin_token()
+            ) as session,
+        ):
+            await overview.wait_for("overview")
+            await session.wait_for("alive")
+            assert console.open_feeds == 2
+        await console.wait_no_feeds()  # the sockets closed: both feeds ended
+    assert console.open_feeds == 0

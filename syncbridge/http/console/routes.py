@@ -93,6 +93,18 @@ class Console:
         self._app = app
         self._admin = admin
         self.sampler = Sampler(app)
+        self._feeds = 0
+        self._no_feeds = trio.Event()
+        self._no_feeds.set()
+
+    @property
+    def open_feeds(self) -> int:
+        """Feeds (server-sent-event responses) being served now."""
+        return self._feeds
+
+    async def wait_no_feeds(self) -> None:
+        """Block until no feed is open (a feed ends when its browser goes away)."""
+        await self._no_feeds.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Take the chart samples until cancelled."""
@@ -183,7 +195,23 @@ class Console:
                 ],
             }
         )
+        if not self._feeds:
+            self._no_feeds = trio.Event()
+        self._feeds += 1
+        try:
+            await self._serve_feed(receive, send, claims, produce)
+        finally:
+            self._feeds -= 1
+            if not self._feeds:
+                self._no_feeds.set()
 
+    async def _serve_feed(
+        self,
+        receive: Receive,
+        send: Send,
+        claims: Claims,
+        produce: Callable[[Emit], Awaitable[None]],
+    ) -> None:
         async def emit(event: str, data: Any) -> None:
             body = b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
             await send({"type": "http.response.body", "body": body, "more_body": True})
