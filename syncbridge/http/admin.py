@@ -247,7 +247,6 @@ class AdminRoutes:
         ]
         await send_json(send, 200, {"count": len(connections), "connections": connections})
 
-
     async def _kick(self, scope: Scope, send: Send, claims: Claims) -> None:
         """Close every connection of one device with 4403 (KICKED)."""
         query = _query(scope)

@@ -18,7 +18,7 @@ import trio
 
 from syncbridge.auth import Claims
 from syncbridge.errors import CloseCode, StoreUnavailable
-from syncbridge.http.health import HealthSource, health
+from syncbridge.http.health import HealthSource, health_details
 from syncbridge.metrics import CounterMetric, Metrics
 from syncbridge.observe import CLOSE
 from syncbridge.presence import PresenceStore
@@ -144,7 +144,7 @@ def by_label(counter: CounterMetric, label: str) -> dict[str, float]:
 async def overview(app: ConsoleSource, sampler: Sampler, *, after: float) -> dict[str, Any]:
     """Health, the chart points taken after ``after`` (Unix s), the hottest sessions,
     refusals and notable closes."""
-    status, body = await health(app)
+    status, body = await health_details(app)
     closes = [
         {"at": e.at, "session_id": e.session_id, "device_id": e.device_id, "code": e.code}
         for e in app.service.observer.events(kind=CLOSE)
@@ -163,6 +163,7 @@ async def overview(app: ConsoleSource, sampler: Sampler, *, after: float) -> dic
         "hot": hot_sessions(app),
         "refusals": {
             "auth": by_label(metrics.auth_failures, "reason"),
+            "limits": by_label(metrics.refusals, "reason"),
             "errors": by_label(metrics.errors, "code"),
             "closes": server_closes,
         },
