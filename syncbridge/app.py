@@ -105,6 +105,7 @@ class SyncBridgeApp:
             sessions=lambda: self.hub.session_count,
             outbox_depths=lambda: [c.outbox.depth for c in self.connections.values()],
         )
+        self.metrics.connection_limit.set(settings.max_connections)
 
     # -- what /health reads ---------------------------------------------------
 

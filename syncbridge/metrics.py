@@ -137,6 +137,12 @@ class Metrics:
             "Frames queued in the fullest outbox",
             registry=r,
         )
+        # What syncbridge_active_connections is compared with (alerts.yml).
+        self.connection_limit = Gauge(
+            "syncbridge_connection_limit",
+            "MAX_CONNECTIONS: open WebSockets this process accepts; beyond, handshakes get 503",
+            registry=r,
+        )
         self.received = {t: self.messages_received.labels(type=t.name) for t in MessageType}
         self.received_invalid = self.messages_received.labels(type="INVALID")
         self._sent = {str(int(t)): self.messages_sent.labels(type=t.name) for t in MessageType}

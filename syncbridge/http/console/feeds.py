@@ -24,6 +24,7 @@ from syncbridge.observe import CLOSE
 from syncbridge.presence import PresenceStore
 from syncbridge.protocol.session import Change
 from syncbridge.service import SessionService
+from syncbridge.settings import Settings
 
 __all__ = [
     "ConnectionView",
@@ -66,6 +67,7 @@ class ConsoleSource(HealthSource, Protocol):
 
     metrics: Metrics
     presence: PresenceStore
+    settings: Settings
     service: SessionService  # its observer: recent session events and update rates
 
     @property
@@ -158,6 +160,7 @@ async def overview(app: ConsoleSource, sampler: Sampler, *, after: float) -> dic
     }
     return {
         "health": {"http_status": status, **body},
+        "connection_limit": app.settings.max_connections,
         "samples": describe_samples(s for s in sampler.samples if s.at > after),
         "interval": sampler.interval,
         "hot": hot_sessions(app),

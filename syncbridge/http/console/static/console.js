@@ -193,7 +193,7 @@ function onOverview(data) {
     (store.latency_ms !== undefined ? `, ${store.latency_ms} ms` : "") +
     (store.error ? ` (${store.error})` : "");
   for (const sample of data.samples) addSample(sample);
-  $("now-connections").textContent = health.active_connections;
+  $("now-connections").textContent = `${health.active_connections} / ${data.connection_limit}`;
   $("now-sessions").textContent = health.sessions;
   const newest = series.deliveries[series.deliveries.length - 1];
   $("now-deliveries").textContent = newest ? newest.v : "–";
