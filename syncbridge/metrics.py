@@ -44,7 +44,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         # process_open_fds / process_max_fds: every WebSocket is a file descriptor,
-        # so this is how close the process is to its connection cap (alerts.yml).
+        # so this is how close the process is to its descriptor limit (alerts.yml).
         ProcessCollector(registry=r)
         self.messages_received = Counter(
             "syncbridge_messages_received", "Messages received, by type", ["type"], registry=r
