@@ -21,6 +21,7 @@ from syncbridge.backend import MemoryBackend, create_backend
 from syncbridge.connection import Connection
 from syncbridge.errors import CloseCode
 from syncbridge.http.admin import AdminRoutes, is_admin_path
+from syncbridge.http.console import Console, is_console_path
 from syncbridge.http.health import health, readiness
 from syncbridge.http.response import send_json
 from syncbridge.hub import Hub
@@ -87,6 +88,7 @@ class SyncBridgeApp:
             clock=clock,
         )
         self.admin = AdminRoutes(self, self.service.authority, self.metrics)
+        self.console = Console(self, self.admin)
         self.connections: dict[int, Connection] = {}
         self.address_rate = AddressRate(
             settings.handshake_rate,
@@ -104,6 +106,7 @@ class SyncBridgeApp:
             sessions=lambda: self.hub.session_count,
             outbox_depths=lambda: [c.outbox.depth for c in self.connections.values()],
         )
+        self.metrics.connection_limit.set(settings.max_connections)
 
     # -- what /health reads ---------------------------------------------------
 
@@ -125,12 +128,17 @@ class SyncBridgeApp:
     # -- ASGI -----------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The lifespan: the store's background tasks, until cancelled."""
-        await self.backend.run(task_status=task_status)
+        """The lifespan: the store's background tasks and the console's sampler, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.backend.run)
+            nursery.start_soon(self.console.run)
+            task_status.started()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http":
+        if kind == "http" and is_console_path(scope["path"]) and not self.settings.admin_addr:
+            await self.console.handle(scope, receive, send)  # with ADMIN_ADDR: there only
+        elif kind == "http":
             await self._http(scope, send)
         elif kind == "websocket" and (await receive())["type"] == "websocket.connect":
             if scope["path"] != WS_PATH:
@@ -156,6 +164,8 @@ class SyncBridgeApp:
         if scope["path"] == "/health":
             status, body = await health(self, scope)
             await send_json(send, status, body)
+        elif is_console_path(scope["path"]):
+            await self.console.handle(scope, receive, send)
         else:
             await self.admin.handle(scope, send)
 

@@ -57,6 +57,7 @@ class CloseCode(enum.IntEnum):
     LIVENESS_TIMEOUT = 4001
     # 4400-4499: the client must change something before reconnecting.
     TOKEN_EXPIRED = 4401
+    KICKED = 4403  # an operator closed this device's connections (POST /admin/kick)
     AUTH_TIMEOUT = 4408
     FLOODING = 4429
 

@@ -12,15 +12,23 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from syncbridge.errors import StoreUnavailable
 from syncbridge.protocol.messages import MessageType
 
-__all__ = ["CONTENT_TYPE", "Metrics"]
+__all__ = ["CONTENT_TYPE", "CounterMetric", "Metrics"]
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+CounterMetric = Counter  # for readers of Metrics' counters (the console), without importing
 
 # Latency buckets from 0.1 ms to 2.5 s: a local update takes well under a
 # millisecond, a Redis round trip around one; the tail is what matters.
@@ -35,6 +43,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_open_fds / process_max_fds: every WebSocket is a file descriptor,
+        # so this is how close the process is to its descriptor limit (alerts.yml).
+        ProcessCollector(registry=r)
         self.messages_received = Counter(
             "syncbridge_messages_received", "Messages received, by type", ["type"], registry=r
         )
@@ -126,6 +137,12 @@ class Metrics:
             "Frames queued in the fullest outbox",
             registry=r,
         )
+        # What syncbridge_active_connections is compared with (alerts.yml).
+        self.connection_limit = Gauge(
+            "syncbridge_connection_limit",
+            "MAX_CONNECTIONS: open WebSockets this process accepts; beyond, handshakes get 503",
+            registry=r,
+        )
         self.received = {t: self.messages_received.labels(type=t.name) for t in MessageType}
         self.received_invalid = self.messages_received.labels(type="INVALID")
         self._sent = {str(int(t)): self.messages_sent.labels(type=t.name) for t in MessageType}
@@ -173,6 +190,18 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+    @staticmethod
+    def totals(counter: Counter, *labels: str) -> dict[tuple[str, ...], float]:
+        """A counter's current value summed by the given labels' values (what the
+        operator console shows); with no labels, the whole sum under ``()``."""
+        found: dict[tuple[str, ...], float] = {}
+        for family in counter.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = tuple(sample.labels.get(label, "") for label in labels)
+                    found[key] = found.get(key, 0.0) + sample.value
+        return found
 
 
 class _StoreTimer:

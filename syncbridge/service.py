@@ -32,6 +32,7 @@ from syncbridge.errors import (
 from syncbridge.hub import Hub, Outbox
 from syncbridge.limits import DeviceBuckets
 from syncbridge.metrics import Metrics
+from syncbridge.observe import Observer
 from syncbridge.presence import PresenceStore
 from syncbridge.protocol.codec import encode, error_payload
 from syncbridge.protocol.messages import (
@@ -123,6 +124,7 @@ class SessionService:
         self.clock = clock
         self._last_time = 0
         self._locks: dict[str, trio.Lock] = {}
+        self.observer = Observer(clock=clock)  # what the operator console shows
 
     def now(self) -> int:
         """Server time in Unix seconds, never going backwards (v1: server_time)."""
@@ -426,6 +428,9 @@ class SessionService:
                         Origin(claims.user_id, claims.device_id, peer.key),
                     )
                 self.metrics.update_store_seconds.observe(time.perf_counter() - started)
+                self.observer.updated(
+                    claims.session_id, claims.device_id, change.version, change.key
+                )
                 # Encoded once for the ack and the broadcast: a value can be
                 # hundreds of kilobytes.
                 payload = orjson.Fragment(
@@ -493,6 +498,7 @@ class SessionService:
             return
         self.hub.unsubscribe(claims.session_id, peer.key)
         self.device_buckets.release(claims.session_id, claims.device_id)
+        self.observer.closed(claims.session_id, claims.device_id, getattr(peer, "close_code", None))
         now = self.now()
         left = self._broadcast_frame(
             claims,

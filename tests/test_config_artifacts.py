@@ -133,7 +133,12 @@ def test_nginx_proxies_websocket_upgrades_on_ws() -> None:
     text = (CONFIG / "nginx-syncbridge.conf").read_text()
     assert text.count("{") == text.count("}")
     ws = directives(nginx_block(text, "location = /ws"))
-    assert ws["proxy_pass"] == ["http://syncbridge"]
+    # A connection of its own for every WebSocket: the ws upstream keeps no idle
+    # connections, so an upgrade never arrives on one an earlier request used.
+    assert ws["proxy_pass"] == ["http://syncbridge_ws"]
+    upstream = directives(nginx_block(text, "upstream syncbridge_ws"))
+    assert "keepalive" not in upstream
+    assert upstream["server"] == ["127.0.0.1:8080"]
     assert ws["proxy_http_version"] == ["1.1"]
     assert "Upgrade $http_upgrade" in ws["proxy_set_header"]
     assert "Connection $connection_upgrade" in ws["proxy_set_header"]

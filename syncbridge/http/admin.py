@@ -1,14 +1,18 @@
-"""Operator routes: /metrics, /health/details, /debug/*, /admin/sessions, /admin/connections.
+"""Operator routes: /metrics, /health/details, /debug/*, /admin/sessions, /admin/connections,
+and the action POST /admin/kick.
 
 All of them need a Bearer token: ``/metrics`` and ``/health/details`` one with
 the ``admin`` or ``metrics`` role, the rest the ``admin`` role. With ADMIN_ADDR
 set they are served only on that (private) address and the public port answers
 404. Refused requests are counted (auth_failures for bad tokens, refusals for
 missing tokens and roles) and logged through a per-reason budget.
+Actions (kick, task dump, profile) each log one line on the ``syncbridge.audit``
+logger: who (the token's user and device), what, and the target.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -19,13 +23,15 @@ import trio
 from pyinstrument import Profiler
 
 from syncbridge.auth import ADMIN_ROLE, METRICS_ROLE, Claims, TokenAuthority
-from syncbridge.errors import AuthenticationError
+from syncbridge.errors import AuthenticationError, CloseCode
 from syncbridge.http.health import health_details
 from syncbridge.http.response import send_json, send_text
 from syncbridge.metrics import CONTENT_TYPE, Metrics
 from syncbridge.refusals import RefusalLog
 
-__all__ = ["ADMIN_PATHS", "HEALTH_DETAILS_PATH", "AdminRoutes"]
+__all__ = ["ADMIN_PATHS", "HEALTH_DETAILS_PATH", "AdminRoutes", "audit", "is_admin_path"]
+
+audit_log = logging.getLogger("syncbridge.audit")
 
 HEALTH_DETAILS_PATH: Final = "/health/details"
 ADMIN_PATHS: Final = ("/metrics", HEALTH_DETAILS_PATH, "/debug/", "/admin/")
@@ -35,6 +41,19 @@ _MAX_PROFILE_SECONDS: Final = 60.0
 
 Scope = dict[str, Any]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[Scope, Send, Claims], Awaitable[None]]
+
+
+def audit(claims: Claims, action: str, target: str, outcome: str) -> None:
+    """One audit line for an operator's action (never a token or a state body)."""
+    audit_log.info(
+        "audit: user=%s device=%s action=%s target=%s outcome=%s",
+        claims.user_id,
+        claims.device_id,
+        action,
+        target,
+        outcome,
+    )
 
 
 def is_admin_path(path: str) -> bool:
@@ -110,40 +129,54 @@ class AdminRoutes:
             return None
         return claims
 
+    async def authorize(self, scope: Scope, send: Send, roles: tuple[str, ...]) -> Claims | None:
+        """The request's verified claims if its Bearer token has one of ``roles``;
+        otherwise answer 401 or 403 (counted like every refusal here) and return None."""
+        return await self._authorize(scope, send, roles)
+
     async def handle(self, scope: Scope, send: Send) -> None:
         """Serve one operator request."""
         path = scope["path"]
-        if scope["method"] not in ("GET", "HEAD"):
-            await send_json(
-                send, 405, {"error": "method not allowed"}, headers=[(b"allow", b"GET")]
-            )
-            return
-        routes = {
+        routes: dict[str, tuple[tuple[str, ...], Handler]] = {
             "/metrics": (_READ_ROLES, self._metrics_page),
             HEALTH_DETAILS_PATH: (_READ_ROLES, self._health_details),
             "/debug/tasks": ((ADMIN_ROLE,), self._tasks),
             "/debug/profile": ((ADMIN_ROLE,), self._profile),
             "/admin/sessions": ((ADMIN_ROLE,), self._sessions),
             "/admin/connections": ((ADMIN_ROLE,), self._connections),
+            "/admin/kick": ((ADMIN_ROLE,), self._kick),
         }
         route = routes.get(path)
         if route is None:
             await send_json(send, 404, {"error": f"no route for {path}"})
             return
+        # The one action changes something: POST only, so that a link or a
+        # prefetch never kicks anyone. Everything else reads: GET.
+        allowed = ("POST",) if path == "/admin/kick" else ("GET", "HEAD")
+        if scope["method"] not in allowed:
+            await send_json(
+                send,
+                405,
+                {"error": "method not allowed"},
+                headers=[(b"allow", ", ".join(allowed).encode())],
+            )
+            return
         roles, handler = route
-        if await self._authorize(scope, send, roles) is not None:
-            await handler(scope, send)
+        claims = await self._authorize(scope, send, roles)
+        if claims is not None:
+            await handler(scope, send, claims)
 
-    async def _metrics_page(self, _scope: Scope, send: Send) -> None:
+    async def _metrics_page(self, _scope: Scope, send: Send, _claims: Claims) -> None:
         body = self._metrics.render()
         await send_text(send, 200, body, content_type=CONTENT_TYPE.encode())
 
-    async def _health_details(self, _scope: Scope, send: Send) -> None:
+    async def _health_details(self, _scope: Scope, send: Send, _claims: Claims) -> None:
         status, body = await health_details(self._app)
         await send_json(send, status, body)
 
-    async def _tasks(self, scope: Scope, send: Send) -> None:
+    async def _tasks(self, scope: Scope, send: Send, claims: Claims) -> None:
         tree, counts = task_tree()
+        audit(claims, "dump-tasks", "process", f"{sum(counts.values())} tasks")
         if _query(scope).get("format") == "json":
             await send_json(
                 send, 200, {"total": sum(counts.values()), "by_name": dict(counts.most_common())}
@@ -153,7 +186,7 @@ class AdminRoutes:
         body = f"{sum(counts.values())} tasks\n\n{summary}\n\n{tree}\n"
         await send_text(send, 200, body.encode())
 
-    async def _profile(self, scope: Scope, send: Send) -> None:
+    async def _profile(self, scope: Scope, send: Send, claims: Claims) -> None:
         try:
             seconds = float(_query(scope).get("seconds", "10"))
         except ValueError:
@@ -166,6 +199,7 @@ class AdminRoutes:
         if self._profiling.locked():
             await send_json(send, 409, {"error": "a profile is already running"})
             return
+        audit(claims, "profile", "process", f"{seconds:g}s started")
         async with self._profiling:
             # The whole server runs on this thread, so a sampling profiler of
             # the thread sees every task's work while we sleep here.
@@ -182,7 +216,7 @@ class AdminRoutes:
         else:
             await send_text(send, 200, profiler.output_text(unicode=True, color=False).encode())
 
-    async def _sessions(self, _scope: Scope, send: Send) -> None:
+    async def _sessions(self, _scope: Scope, send: Send, _claims: Claims) -> None:
         app = self._app
         sessions: Counter[str] = Counter(
             c.claims.session_id for c in app.connections.values() if c.claims is not None
@@ -196,7 +230,7 @@ class AdminRoutes:
             },
         )
 
-    async def _connections(self, _scope: Scope, send: Send) -> None:
+    async def _connections(self, _scope: Scope, send: Send, _claims: Claims) -> None:
         app = self._app
         now = trio.current_time()
         connections = [
@@ -212,6 +246,29 @@ class AdminRoutes:
             for c in app.connections.values()
         ]
         await send_json(send, 200, {"count": len(connections), "connections": connections})
+
+    async def _kick(self, scope: Scope, send: Send, claims: Claims) -> None:
+        """Close every connection of one device with 4403 (KICKED)."""
+        query = _query(scope)
+        session_id, device_id = query.get("session_id", ""), query.get("device_id", "")
+        if not session_id or not device_id:
+            await send_json(send, 400, {"error": "session_id and device_id are required"})
+            return
+        target = f"session={session_id!r} device={device_id!r}"
+        kicked = [
+            c
+            for c in self._app.connections.values()
+            if c.claims is not None
+            and c.claims.session_id == session_id
+            and c.claims.device_id == device_id
+        ]
+        for connection in kicked:
+            connection.close(CloseCode.KICKED, "closed by an operator")
+        audit(claims, "kick", target, f"{len(kicked)} connection(s) closed")
+        if not kicked:
+            await send_json(send, 404, {"error": "no connection of that device here"})
+            return
+        await send_json(send, 200, {"closed": len(kicked), "close_code": int(CloseCode.KICKED)})
 
 
 def _query(scope: Scope) -> dict[str, str]:
