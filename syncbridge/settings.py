@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import attrs
 import cattrs
@@ -28,9 +29,12 @@ __all__ = [
     "MIN_SECRET_BYTES",
     "WORKER_ID_ENV",
     "Settings",
+    "format_duration",
+    "is_duration",
     "iter_options",
     "load_settings",
     "parse_duration",
+    "parse_rate",
     "worker_role",
 ]
 
@@ -60,8 +64,44 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-def _opt(env: str | None, help: str, *, flag: bool = True, secret: bool = False) -> Any:
-    return {"env": env, "help": help, "flag": flag, "secret": secret}
+def format_duration(seconds: float) -> str:
+    """The way the runbook writes a duration: ``1h``, ``30s``, ``7d``, ``250ms``."""
+    for unit, size in (("d", 86400), ("h", 3600)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
+
+
+def parse_rate(value: Any) -> float:
+    """Messages per second from a number or a numeric string (``100``, ``2.5``)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected messages per second like 100 or 2.5, got {value!r}")
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected messages per second like 100 or 2.5, got {value!r}") from None
+    if not rate > 0 or rate == float("inf"):
+        raise ValueError(f"a rate must be a positive number, got {value!r}")
+    return rate
+
+
+def _opt(
+    env: str | None,
+    help: str,
+    *,
+    flag: bool = True,
+    secret: bool = False,
+    kind: str | None = None,
+) -> Any:
+    # kind "rate": a float that is not a duration (parsed and shown as a number).
+    return {"env": env, "help": help, "flag": flag, "secret": secret, "kind": kind}
+
+
+def is_duration(attribute: attrs.Attribute[Any]) -> bool:
+    """Whether a setting is a duration (float seconds, written ``30s``, ``1h``)."""
+    return attribute.type in (float, "float") and attribute.metadata.get("kind") != "rate"
 
 
 def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -88,9 +128,60 @@ def _optional_address(inst: object, attribute: attrs.Attribute[Any], value: str)
 
 
 def _address(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if "://" in value:
+        raise ValueError(f"expected HOST:PORT, not a URL; got {value!r}")
     _host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{attribute.name} must look like HOST:PORT or :PORT, got {value!r}")
+
+
+def _redis_addr(inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not value:
+        return
+    if "://" in value:
+        raise ValueError(
+            f"expected HOST:PORT, got a URL ({value.partition('://')[0]}://...); "
+            "set URLs in REDIS_URL instead"
+        )
+    _host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT with a port from 1 to 65535, got {value!r}")
+
+
+def _redis_url(_inst: object, _attribute: attrs.Attribute[Any], value: str) -> None:
+    # Checked here, at start-up, because coredis accepts most mistakes and then
+    # fails on first use with a long traceback (or retries for ever). The value
+    # may hold a password, so messages never repeat it.
+    if not value:
+        return
+    scheme, sep, _ = value.partition("://")
+    if not sep:
+        raise ValueError(
+            "expected redis://HOST:PORT/DB, rediss://... or unix:///PATH "
+            "(for a bare HOST:PORT use REDIS_ADDR)"
+        )
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"the scheme must be redis, rediss or unix, not {scheme}://")
+    parts = urlsplit(value)
+    if scheme == "unix":
+        if not parts.path:
+            raise ValueError("unix:// needs a socket path, e.g. unix:///run/redis/redis.sock")
+        return
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("the port must be a number from 1 to 65535") from None
+    if port == 0:
+        raise ValueError("the port must be a number from 1 to 65535")
+    if not parts.hostname:
+        raise ValueError(f"no host: expected {scheme}://HOST:PORT/DB")
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ValueError(
+            f"the database must be a number like /0, got /{database}"
+            if "/" not in database
+            else "the path must be a database number like /0"
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -164,7 +255,9 @@ class Settings:
     rate_limit: float = attrs.field(
         default=100.0,
         validator=_positive,
-        metadata=_opt("RATE_LIMIT", "messages per second per connection (beyond: 429)"),
+        metadata=_opt(
+            "RATE_LIMIT", "messages per second per connection (beyond: 429)", kind="rate"
+        ),
     )
     rate_burst: int = attrs.field(
         default=200,
@@ -245,6 +338,7 @@ class Settings:
     )
     redis_url: str = attrs.field(
         default="",
+        validator=_redis_url,
         repr=False,  # may carry a password
         metadata=_opt(
             "REDIS_URL",
@@ -255,7 +349,7 @@ class Settings:
     )
     redis_addr: str = attrs.field(
         default="",
-        validator=_optional_address,
+        validator=_redis_addr,
         metadata=_opt("REDIS_ADDR", "Redis HOST:PORT (e.g. localhost:6379); unset: memory store"),
     )
     redis_username: str = attrs.field(
@@ -367,6 +461,12 @@ def _converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, to_bool)
     conv.register_structure_hook(int, to_int)
     conv.register_structure_hook(float, lambda v, _t: parse_duration(v))
+    # Rates are floats too, but not durations: they get their own parser.
+    rates: dict[str, Any] = {
+        a.name: override(struct_hook=_validated(conv, a, parse=parse_rate))
+        for a in attrs.fields(Settings)
+        if a.metadata.get("kind") == "rate"
+    }
     conv.register_structure_hook_func(lambda t: t == tuple[str, ...], to_origins)
     conv.register_structure_hook(str, to_str)
     # Run each field's validator while structuring that field, so a value that
@@ -375,18 +475,22 @@ def _converter() -> cattrs.Converter:
     checked: dict[str, Any] = {
         a.name: override(struct_hook=_validated(conv, a))
         for a in attrs.fields(Settings)
-        if a.validator
+        if a.validator and a.name not in rates
     }
-    conv.register_structure_hook(Settings, make_dict_structure_fn(Settings, conv, **checked))
+    conv.register_structure_hook(
+        Settings, make_dict_structure_fn(Settings, conv, **checked, **rates)
+    )
     return conv
 
 
-def _validated(conv: cattrs.Converter, attribute: attrs.Attribute[Any]) -> Any:
+def _validated(
+    conv: cattrs.Converter, attribute: attrs.Attribute[Any], *, parse: Any = None
+) -> Any:
     validator = attribute.validator
     assert validator is not None
 
     def hook(value: Any, type_: Any) -> Any:
-        result = conv.structure(value, type_)
+        result = parse(value) if parse is not None else conv.structure(value, type_)
         validator(None, attribute, result)
         return result
 
