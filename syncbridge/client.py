@@ -27,12 +27,17 @@ from typing import Any
 
 import orjson
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    connect_websocket_url,
+)
 from wsproto.utilities import LocalProtocolError
 
 from syncbridge.protocol.messages import MessageType
 
-__all__ = ["AuthFailed", "Client", "Disconnected", "ServerError", "open_client"]
+__all__ = ["AuthFailed", "Client", "ConnectFailed", "Disconnected", "ServerError", "open_client"]
 
 _HEARTBEAT_PREFIX = "hb:"
 
@@ -61,6 +66,20 @@ class Disconnected(Exception):
         self.code = code
         self.reason = reason
         super().__init__(f"connection closed: {code} {reason or ''}".strip())
+
+
+class ConnectFailed(ConnectionError):
+    """No WebSocket could be opened: unreachable, refused upgrade, or no answer in time.
+
+    A ``ConnectionError`` (hence an ``OSError``); ``status_code`` is the HTTP
+    status when the server refused the upgrade, else None.
+    """
+
+    def __init__(self, url: str, reason: str, *, status_code: int | None = None) -> None:
+        self.url = url
+        self.reason = reason
+        self.status_code = status_code
+        super().__init__(f"cannot connect to {url}: {reason}")
 
 
 def _disconnected(exc: ConnectionClosed) -> Disconnected:
@@ -119,9 +138,13 @@ class Client:
     async def _heartbeat_loop(self, interval: float) -> None:
         for n in itertools.count():
             await trio.sleep(interval)
-            await self.send(
-                {"type": MessageType.HEARTBEAT, "payload": {}, "correlation_id": f"hb:{n}"}
-            )
+            try:
+                await self.send(
+                    {"type": MessageType.HEARTBEAT, "payload": {}, "correlation_id": f"hb:{n}"}
+                )
+            except Disconnected:
+                # Closed: the reader has recorded why; the application learns it there.
+                return
 
     # -- sending --------------------------------------------------------------
 
@@ -259,6 +282,36 @@ class Client:
         await self._ws.aclose(code, reason)
 
 
+def _check_url(url: str) -> None:
+    if not url.startswith(("ws://", "wss://")):
+        scheme = url.partition("://")[0] if "://" in url else url
+        hint = " (the WebSocket endpoint is ws://HOST:PORT/ws)" if scheme.startswith("http") else ""
+        raise ValueError(f"a WebSocket URL starts with ws:// or wss://, got {url!r}{hint}")
+
+
+async def _connect(
+    nursery: trio.Nursery, url: str, *, max_message_bytes: int, connect_timeout: float
+) -> WebSocketConnection:
+    """Open the WebSocket, translating every way it can fail into ConnectFailed."""
+    try:
+        with trio.fail_after(connect_timeout):
+            return await connect_websocket_url(nursery, url, max_message_size=max_message_bytes)
+    except trio.TooSlowError as exc:
+        raise ConnectFailed(url, f"no answer within {connect_timeout:g}s") from exc
+    except OSError as exc:
+        raise ConnectFailed(url, _os_reason(exc)) from exc
+
+
+def _os_reason(exc: OSError) -> str:
+    """Why a connection failed: trio's "all attempts failed" keeps the errors in its cause."""
+    cause = exc.__cause__
+    while isinstance(cause, BaseExceptionGroup):
+        cause = cause.exceptions[0]
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 @asynccontextmanager
 async def open_client(
     url: str,
@@ -272,32 +325,69 @@ async def open_client(
 ) -> AsyncIterator[Client]:
     """Connect (and authenticate when ``token`` is given); close on exit.
 
+    Raises exactly the documented exceptions, never an exception group:
+    :class:`ConnectFailed` when no connection can be made, :class:`AuthFailed`
+    for a refused token, :class:`Disconnected` if the server closes first, and
+    ``ValueError`` for a URL that is not ``ws://`` or ``wss://``. Exceptions
+    raised inside the ``async with`` block come out unchanged.
+
     A Heartbeat goes out every ``heartbeat_interval`` seconds (None: never), as
     the server expects a sign of life at least every 60 s.
     """
+    _check_url(url)
     closing = False
+    # The nursery would wrap whatever leaves its body in an ExceptionGroup; the
+    # body's own exception is carried out of it and raised as it is instead.
+    # (Cancelled is left alone: it belongs to trio's cancel scopes.)
+    failure: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            with trio.fail_after(connect_timeout):
-                ws = await connect_websocket_url(nursery, url, max_message_size=max_message_bytes)
-            client = Client(ws)
-            nursery.start_soon(client._read_loop)
-            if heartbeat_interval is not None:
-                nursery.start_soon(client._heartbeat_loop, heartbeat_interval)
             try:
-                if token is not None:
-                    await client.authenticate(
-                        token, device_type=device_type, device_name=device_name
-                    )
-                yield client
+                ws = await _connect(
+                    nursery,
+                    url,
+                    max_message_bytes=max_message_bytes,
+                    connect_timeout=connect_timeout,
+                )
+                client = Client(ws)
+                nursery.start_soon(client._read_loop)
+                if heartbeat_interval is not None:
+                    nursery.start_soon(client._heartbeat_loop, heartbeat_interval)
+                try:
+                    if token is not None:
+                        await client.authenticate(
+                            token, device_type=device_type, device_name=device_name
+                        )
+                    yield client
+                finally:
+                    closing = True
+                    with trio.move_on_after(2, shield=True):
+                        await ws.aclose()
+            except Exception as exc:
+                failure = exc
             finally:
                 closing = True
-                with trio.move_on_after(2, shield=True):
-                    await ws.aclose()
                 nursery.cancel_scope.cancel()
+    except* HandshakeError as group:
+        # trio-websocket's reader task (not connect) raises a refused upgrade.
+        rejected = _first_leaf(group)
+        status = getattr(rejected, "status_code", None)
+        reason = f"the server refused the upgrade with HTTP {status}" if status else "handshake"
+        failure = ConnectFailed(url, reason, status_code=status)
+        failure.__cause__ = rejected
     except* LocalProtocolError:
         # trio-websocket's reader can trip over a server ping that arrives while
         # the close handshake is under way (trio-websocket issue #184); once we
         # are closing anyway, that is not an error of the caller's.
         if not closing:
             raise
+    if failure is not None:
+        raise failure
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first exception in ``group`` that is not itself a group."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -21,6 +21,7 @@ deletes it again.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 import time
@@ -31,15 +32,24 @@ from urllib.parse import urlsplit
 
 import attrs
 import trio
-from trio_websocket import ConnectionRejected, HandshakeError
+from trio_websocket import ConnectionRejected
 
 from syncbridge.auth import TokenAuthority
-from syncbridge.client import AuthFailed, Client, Disconnected, ServerError, open_client
+from syncbridge.client import (
+    AuthFailed,
+    Client,
+    ConnectFailed,
+    Disconnected,
+    ServerError,
+    open_client,
+)
+from syncbridge.errors import ConfigError
 from syncbridge.protocol.messages import MessageType
 from syncbridge.settings import Settings, load_settings
 from syncbridge.tools import advice
 from syncbridge.tools.advice import StepFailed
 from syncbridge.tools.health_probe import fetch_health, health_verdict, store_verdict
+from syncbridge.tools.secret import signing_secret
 
 __all__ = [
     "STEPS",
@@ -97,8 +107,15 @@ class CheckReport:
             self.say(f"     -> {result.resolution}")
 
     def say(self, line: str) -> None:
-        """Print one line of the report."""
-        print(line, file=self._out, flush=True)
+        """Print one line of the report (nothing once the reader has gone, as ``| head -1``)."""
+        try:
+            print(line, file=self._out, flush=True)
+        except BrokenPipeError:
+            # Keep checking (the exit status still tells), but write to /dev/null
+            # from now on, so neither this print nor the flush at exit raises again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._out.fileno())
+            os.close(devnull)
 
     @property
     def passed(self) -> bool:
@@ -122,6 +139,15 @@ def _ws_url_for(base: str) -> str:
     return f"{scheme}://{parts.netloc}{parts.path}/ws"
 
 
+def _port_of(base: str) -> int:
+    parts = urlsplit(base)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return port or (443 if parts.scheme == "https" else 80)
+
+
 class _Check:
     """One run of the steps against one server."""
 
@@ -131,13 +157,14 @@ class _Check:
         url: str,
         ws_url: str,
         timeout: float,
-        tokens: tuple[str, str] | None,
+        tokens: tuple[str, str] | str,
         nonce: str,
         report: CheckReport,
     ) -> None:
         self.url = url
         self.ws_url = ws_url
         self.timeout = timeout
+        # Two tokens, or why none could be minted.
         self.tokens = tokens
         self.nonce = nonce
         self.key = f"syncbridge-check:{nonce}"
@@ -219,16 +246,13 @@ class _Check:
                 self.clients = [device_a, device_b]
                 self.passed("ws-connect", f"devices A and B connected to {self.ws_url}")
                 await self._ws_steps()
-        except* ConnectionRejected as group:
+        except ConnectFailed as exc:
             if connected:
                 raise
-            failure = advice.rejected(advice.first_leaf(group), self.ws_url)
-        except* (OSError, HandshakeError, trio.TooSlowError) as group:
-            if connected:
-                raise
-            failure = advice.network_failure(
-                advice.first_leaf(group), self.ws_url, timeout=self.timeout
-            )
+            if isinstance(exc.__cause__, ConnectionRejected):
+                failure = advice.rejected(exc.__cause__, self.ws_url)
+            else:
+                failure = advice.network_failure(exc, self.ws_url, timeout=self.timeout)
         if failure is not None:
             self.failed("ws-connect", failure)
             self.skip(_WS_STEPS[1:], "no WebSocket connection")
@@ -264,10 +288,8 @@ class _Check:
         return open_client(self.ws_url, heartbeat_interval=None, connect_timeout=self.timeout)
 
     async def _auth(self) -> str:
-        if self.tokens is None:
-            raise StepFailed(
-                "JWT_SECRET is not set here, so no token can be minted", advice.NO_SECRET
-            )
+        if isinstance(self.tokens, str):
+            raise StepFailed(self.tokens, advice.NO_SECRET)
         device_a, device_b = self.clients
         self.identity = await device_a.authenticate(
             self.tokens[0], device_type="syncbridge-check", device_name="check device A"
@@ -353,13 +375,18 @@ class _Check:
         return f"deleted {self.key} (version {version})"
 
 
-def _tokens(settings: Settings, token: str | None, session_id: str) -> tuple[str, str] | None:
+def _tokens(
+    settings: Settings, token: str | None, session_id: str, port: int
+) -> tuple[str, str] | str:
+    """Tokens for devices A and B, or why none can be minted."""
     if token is not None:
         # Many sockets may share one token; the broadcast still reaches the other socket.
         return token, token
-    if settings.secret_is_ephemeral:
-        return None
-    authority = TokenAuthority(settings.jwt_secret)
+    try:
+        secret = signing_secret(settings, port)
+    except ConfigError as exc:
+        return str(exc)
+    authority = TokenAuthority(secret)
     now = time.time()
     minted = [
         authority.mint(
@@ -396,7 +423,7 @@ async def run_check(
         url=base,
         ws_url=ws_url or _ws_url_for(base),
         timeout=timeout,
-        tokens=_tokens(settings, token, session_id),
+        tokens=_tokens(settings, token, session_id, _port_of(base)),
         nonce=nonce,
         report=report,
     )

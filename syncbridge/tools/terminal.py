@@ -26,18 +26,25 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack, suppress
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import attrs
 import orjson
 import trio
-from trio_websocket import ConnectionRejected, HandshakeError
 
 from syncbridge.auth import TokenAuthority
-from syncbridge.client import AuthFailed, Client, Disconnected, ServerError, open_client
+from syncbridge.client import (
+    AuthFailed,
+    Client,
+    ConnectFailed,
+    Disconnected,
+    ServerError,
+    open_client,
+)
 from syncbridge.errors import ConfigError
 from syncbridge.protocol.messages import MessageType
 from syncbridge.settings import load_settings, parse_duration
-from syncbridge.tools.advice import first_leaf
+from syncbridge.tools.secret import signing_secret
 
 __all__ = ["TerminalOptions", "add_arguments", "main", "run_terminal"]
 
@@ -197,12 +204,14 @@ async def run_terminal(
                     connect_timeout=options.connect_timeout,
                 )
             )
-        except* ConnectionRejected as group:
-            rejected = first_leaf(group)
-            status = rejected.status_code if isinstance(rejected, ConnectionRejected) else "?"
-            failure = f"{options.url} refused the WebSocket upgrade with HTTP {status}"
-        except* (OSError, HandshakeError, trio.TooSlowError) as group:
-            failure = f"cannot connect to {options.url}: {first_leaf(group) or 'timed out'}"
+        except ConnectFailed as exc:
+            failure = (
+                f"{options.url} refused the WebSocket upgrade with HTTP {exc.status_code}"
+                if exc.status_code is not None
+                else str(exc)
+            )
+        except ValueError as exc:  # not a ws:// or wss:// URL
+            failure = str(exc)
         if failure is None:
             return await _Terminal(client, options, out, err).run(lines)
     err(f"syncbridge client: {failure}")
@@ -241,6 +250,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _port_of(url: str) -> int:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return port or (443 if parts.scheme in ("wss", "https") else 80)
+
+
 def _token(args: argparse.Namespace) -> str | None:
     minting = (args.user, args.device, args.session)
     if not any(minting):
@@ -251,16 +269,12 @@ def _token(args: argparse.Namespace) -> str | None:
     if not all(minting):
         raise ConfigError("--user, --device and --session are needed together to mint a token")
     settings = load_settings(config_file=args.config)
-    if settings.secret_is_ephemeral:
-        raise ConfigError(
-            "JWT_SECRET is not set: export the service's JWT_SECRET to mint a token, "
-            "or pass --token"
-        )
+    secret = signing_secret(settings, _port_of(args.url))
     try:
         ttl = parse_duration(args.ttl)
     except ValueError as exc:
         raise ConfigError(f"--ttl: {exc}") from None
-    minted, _ = TokenAuthority(settings.jwt_secret).mint(
+    minted, _ = TokenAuthority(secret).mint(
         user_id=args.user,
         device_id=args.device,
         session_id=args.session,
