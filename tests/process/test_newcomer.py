@@ -279,3 +279,47 @@ async def test_newcomer_help_shows_durations_as_the_runbook_writes_them() -> Non
     assert "SESSION_TTL; default '7d'" in flat
     assert "RATE_LIMIT; default '100'" in flat
     assert "3600" not in flat
+
+
+# -- 5. the runbook's preamble on a README install ------------------------------------------
+
+
+def _preamble_token_lines() -> str:
+    from ..test_runbook import runbook_check, runbook_text
+
+    commands = [c.text for c in runbook_check.extract_commands(runbook_text())]
+    wanted = ("export ADMIN_TOKEN=", "export TOKEN=", ': "${ADMIN_TOKEN:?')
+    lines = [next(c for c in commands if c.startswith(w)) for w in wanted]
+    return "\n".join(lines) + '\necho "ADMIN_TOKEN=$ADMIN_TOKEN"'
+
+
+async def _bash(script: str, env: dict[str, str]) -> tuple[int, str, str]:
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            ["bash", "-c", script],
+            env=child_env(env),
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+async def test_newcomer_runbook_preamble_never_leaves_an_empty_admin_token(
+    runtime_dir: Path,
+) -> None:
+    script = _preamble_token_lines()
+    # A README install with nothing running: it stops, saying why.
+    env = {"XDG_RUNTIME_DIR": str(runtime_dir)}
+    status, out, err = await _bash(script, env)
+    assert status != 0
+    assert "ADMIN_TOKEN=" not in out
+    assert "is empty" in err
+    assert "JWT_SECRET is not set" in err
+    # The same lines against a hand-started try-out server: both tokens minted.
+    async with run_server(env=env) as server:
+        here = {**env, "SERVER_ADDR": f"127.0.0.1:{server.port}"}
+        status, out, err = await _bash(script, here)
+        assert status == 0, err
+        assert out.startswith("ADMIN_TOKEN=eyJ")
