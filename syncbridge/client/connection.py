@@ -35,56 +35,18 @@ from trio_websocket import (
 )
 from wsproto.utilities import LocalProtocolError
 
+from syncbridge.client.errors import (
+    AuthFailed,
+    ConnectFailed,
+    Disconnected,
+    ServerError,
+    disconnected_by,
+)
 from syncbridge.protocol.messages import MessageType
 
-__all__ = ["AuthFailed", "Client", "ConnectFailed", "Disconnected", "ServerError", "open_client"]
+__all__ = ["Client", "open_client"]
 
 _HEARTBEAT_PREFIX = "hb:"
-
-
-class ServerError(Exception):
-    """The server answered a request with Error (6) or AuthFailure (9)."""
-
-    def __init__(self, message: dict[str, Any]) -> None:
-        payload = message.get("payload") or {}
-        self.code: int = payload.get("code", 0)
-        self.error_code: str | None = payload.get("error_code")
-        self.message: str = payload.get("message", "")
-        self.details: dict[str, Any] | None = payload.get("details")
-        self.raw = message
-        super().__init__(f"{self.code} {self.error_code or ''}: {self.message}".strip())
-
-
-class AuthFailed(ServerError):
-    """The token was refused (AuthFailure, code 401)."""
-
-
-class Disconnected(Exception):
-    """The connection is closed; ``code`` and ``reason`` are the close frame's."""
-
-    def __init__(self, code: int | None, reason: str | None) -> None:
-        self.code = code
-        self.reason = reason
-        super().__init__(f"connection closed: {code} {reason or ''}".strip())
-
-
-class ConnectFailed(ConnectionError):
-    """No WebSocket could be opened: unreachable, refused upgrade, or no answer in time.
-
-    A ``ConnectionError`` (hence an ``OSError``); ``status_code`` is the HTTP
-    status when the server refused the upgrade, else None.
-    """
-
-    def __init__(self, url: str, reason: str, *, status_code: int | None = None) -> None:
-        self.url = url
-        self.reason = reason
-        self.status_code = status_code
-        super().__init__(f"cannot connect to {url}: {reason}")
-
-
-def _disconnected(exc: ConnectionClosed) -> Disconnected:
-    reason = exc.reason
-    return Disconnected(reason.code if reason else None, reason.reason if reason else None)
 
 
 class Client:
@@ -122,7 +84,7 @@ class Client:
                 self._pending.append(message)
                 self._wake()
         except ConnectionClosed as exc:
-            self.closed = _disconnected(exc)
+            self.closed = disconnected_by(exc)
         finally:
             if self.closed is None:
                 self.closed = Disconnected(None, "client closed")
@@ -153,7 +115,7 @@ class Client:
         try:
             await self._ws.send_message(text)
         except ConnectionClosed as exc:
-            raise _disconnected(exc) from None
+            raise disconnected_by(exc) from None
 
     async def send(self, message: dict[str, Any]) -> None:
         """Send one message; ``timestamp`` is filled in when missing."""
