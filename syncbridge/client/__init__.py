@@ -9,6 +9,7 @@ Two levels:
   (``state``/``version``), an event stream and acknowledged updates.
 """
 
+from syncbridge.client.backoff import Backoff
 from syncbridge.client.connection import Client, open_client
 from syncbridge.client.errors import (
     AuthFailed,
@@ -19,15 +20,28 @@ from syncbridge.client.errors import (
     ServerError,
     SyncClosed,
 )
+from syncbridge.client.mirror import Change, Conflict, ConnectionLost, Event, Reconnected, Resynced
+from syncbridge.client.outbox import PendingUpdate
+from syncbridge.client.sync import SyncClient, open_sync_client
 
 __all__ = [
     "AuthFailed",
+    "Backoff",
+    "Change",
     "Client",
+    "Conflict",
     "ConflictError",
     "ConnectFailed",
+    "ConnectionLost",
     "Disconnected",
+    "Event",
+    "PendingUpdate",
     "QueueFull",
+    "Reconnected",
+    "Resynced",
     "ServerError",
+    "SyncClient",
     "SyncClosed",
     "open_client",
+    "open_sync_client",
 ]

@@ -1,0 +1,476 @@
+"""A client that keeps one session in sync through disconnects, restarts and token expiry.
+
+::
+
+    async with open_sync_client(url, token=token, token_provider=fetch_token) as client:
+        print(client.state, client.version)      # equal to the server's snapshot
+        version = await client.set("theme", "dark")   # returns once acknowledged
+        async for event in client.events():
+            ...                                  # Change, Resynced, ConnectionLost, ...
+
+Task tree (``open_sync_client``'s nursery)::
+
+    _run                     connect, authenticate, resume; back off and repeat
+    └── per connection: _pump (the only reader), _send_loop, _refresh_loop
+
+Every message of a connection is handled by ``_pump`` in arrival order, acks
+included (updates are sent with correlation ids the low-level client does not
+wait for), because the server orders acks and broadcasts by version on each
+socket and the mirror relies on that order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import trio
+
+from syncbridge.client.backoff import Backoff
+from syncbridge.client.connection import Client, open_client
+from syncbridge.client.errors import (
+    AuthFailed,
+    ConnectFailed,
+    Disconnected,
+    ServerError,
+    SyncClosed,
+)
+from syncbridge.client.mirror import ConnectionLost, Event, Mirror, Reconnected, change_from
+from syncbridge.client.outbox import MISSING, Outbox, PendingUpdate
+from syncbridge.client.sync_events import EventBuffer
+from syncbridge.protocol.messages import MessageType
+
+__all__ = ["SyncClient", "open_sync_client"]
+
+log = logging.getLogger(__name__)
+
+TokenProvider = Callable[[], Awaitable[str]]
+
+# Upgrade refusals that no retry can fix (wrong path, origin not allowed).
+_FATAL_HTTP: Final = frozenset({400, 401, 403, 404, 405, 426})
+
+
+class _Ended(Exception):
+    """One connection is over; ``why`` says how (for the log and ConnectionLost)."""
+
+    def __init__(self, code: int | None, reason: str | None) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class SyncClient:
+    """A session's state mirrored locally and kept equal to the server's.
+
+    Use :func:`open_sync_client`. ``state`` (read-only) and ``version`` change
+    only as the server's accepted changes arrive, in version order.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        token: str | None,
+        token_provider: TokenProvider | None,
+        device_type: str | None = None,
+        device_name: str | None = None,
+        backoff: Backoff | None = None,
+        max_queued: int = 1000,
+        max_in_flight: int = 32,
+        max_events: int = 1000,
+        wait_for_events: bool = False,
+        heartbeat_interval: float | None = 30.0,
+        connect_timeout: float = 10.0,
+        request_timeout: float = 10.0,
+        refresh_margin: float = 60.0,
+        send_base_version: bool = False,
+    ) -> None:
+        if token is None and token_provider is None:
+            raise ValueError("give a token, a token_provider, or both")
+        self._urls = list(urls)
+        self._url_index = 0
+        self._token = token
+        self._token_deadline: float | None = None  # local time.time() of its expiry
+        self._token_lifetime = 0.0
+        self._token_stale = token is None
+        self._provider = token_provider
+        self._device = {"device_type": device_type, "device_name": device_name}
+        self._backoff = backoff or Backoff()
+        self._mirror = Mirror()
+        self._outbox = Outbox(max_queued=max_queued, max_in_flight=max_in_flight)
+        self._outbox_changed = trio.Event()
+        self._events = EventBuffer(self._mirror, max_events=max_events, wait=wait_for_events)
+        self._heartbeat_interval = heartbeat_interval
+        self._connect_timeout = connect_timeout
+        self._request_timeout = request_timeout
+        self._refresh_margin = refresh_margin
+        self._send_base_version = send_base_version
+        self._ids = itertools.count(1)
+        self._connection: Client | None = None
+        self._connected_event = trio.Event()
+        self._synced_once = trio.Event()
+        self._closed = False
+        self.failure: BaseException | None = None
+        self.identity: dict[str, Any] = {}
+        self.url: str | None = None
+        self.reconnects = 0
+        self.refreshes = 0
+
+    # -- what the application reads -----------------------------------------------
+
+    @property
+    def state(self) -> Mapping[str, Any]:
+        """The session's state as of :attr:`version` (a read-only view)."""
+        return types.MappingProxyType(self._mirror.state)
+
+    @property
+    def version(self) -> int:
+        """The version of :attr:`state`: the last change applied."""
+        return self._mirror.version
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is up and resumed."""
+        return self._connection is not None
+
+    @property
+    def token(self) -> str | None:
+        """The latest token (each AuthSuccess's ``new_token`` replaces it)."""
+        return self._token
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every Change, Resynced, Conflict, ConnectionLost and Reconnected, in order.
+
+        Ends when the client is closed; raises the error that stopped it.
+        """
+        return self._events.iterate(self)
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self.events()
+
+    async def wait_until(
+        self, predicate: Callable[[Mapping[str, Any], int], bool], *, timeout: float = 30.0
+    ) -> None:
+        """Wait until ``predicate(state, version)`` holds (checked after every change)."""
+        with trio.fail_after(timeout):
+            while not predicate(self.state, self.version):
+                self._raise_if_failed()
+                await self._events.changed()
+
+    async def wait_connected(self, *, timeout: float = 30.0) -> None:
+        """Wait until a connection is up and resumed."""
+        with trio.fail_after(timeout):
+            while self._connection is None:
+                self._raise_if_failed()
+                await self._connected_event.wait()
+
+    # -- what the application writes ----------------------------------------------
+
+    def submit(self, key: str, value: Any = None, *, operation: str = "SET") -> PendingUpdate:
+        """Queue an update and return at once; ``await update.wait()`` for its version.
+
+        Raises QueueFull when ``max_queued`` updates are unacknowledged.
+        """
+        self._raise_if_failed()
+        if self._closed:
+            raise SyncClosed("the client is closed")
+        operation = operation.upper()
+        update = PendingUpdate(
+            key=key,
+            value=None if operation == "DELETE" else value,
+            operation=operation,
+            base_version=self._mirror.version,
+            base_value=self._mirror.state.get(key, MISSING),
+        )
+        self._outbox.add(update)
+        self._pulse_outbox()
+        return update
+
+    async def set(self, key: str, value: Any) -> int:
+        """Set ``key``; return the version once the server acknowledged it."""
+        return await self.submit(key, value).wait()
+
+    async def delete(self, key: str) -> int:
+        """Delete ``key``; return the version once the server acknowledged it."""
+        return await self.submit(key, operation="DELETE").wait()
+
+    # -- the connection loop ------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                url = self._urls[self._url_index % len(self._urls)]
+                try:
+                    ended = await self._connect_once(url)
+                except ConnectFailed as exc:
+                    if exc.status_code in _FATAL_HTTP:
+                        raise
+                    ended = _Ended(None, str(exc))
+                    self._url_index += 1  # try the next address, if there are several
+                except AuthFailed as exc:
+                    if exc.code != 503 and not await self._renew_after_refusal():
+                        raise
+                    ended = _Ended(None, f"auth refused: {exc}")
+                except Disconnected as exc:
+                    ended = _Ended(exc.code, exc.reason)
+                except trio.TooSlowError:
+                    ended = _Ended(None, "no answer in time")
+                except ServerError as exc:
+                    ended = _Ended(None, str(exc))
+                await self._lost(ended)
+                if self._closed:
+                    return
+                if ended.code == 4401:  # token expired: a new one is needed first
+                    self._token_stale = True
+                delay = 0.0 if ended.code == 4408 else self._backoff.next_delay()
+                log.info("reconnecting in %.2fs (%s %s)", delay, ended.code, ended.reason)
+                await trio.sleep(delay)
+        except BaseException as exc:
+            if not isinstance(exc, trio.Cancelled):
+                self._fail(exc)
+            raise
+
+    async def _renew_after_refusal(self) -> bool:
+        """After a refused token: whether a fresh one from the provider is worth a try."""
+        if self._provider is None:
+            return False
+        self._token_stale = True
+        return True
+
+    async def _current_token(self) -> str:
+        if self._provider is not None and (self._token_stale or self._expiring(margin=5.0)):
+            self._token = await self._provider()
+            self._token_deadline = None
+            self._token_stale = False
+        assert self._token is not None
+        return self._token
+
+    def _expiring(self, *, margin: float) -> bool:
+        return self._token_deadline is not None and self._token_deadline - time.time() < margin
+
+    async def _connect_once(self, url: str) -> _Ended:
+        async with open_client(
+            url,
+            heartbeat_interval=self._heartbeat_interval,
+            connect_timeout=self._connect_timeout,
+        ) as connection:
+            await self._resume(connection)
+            self.url = url
+            self._connection = connection
+            self._connected_event.set()
+            self._backoff.reset()
+            if self._synced_once.is_set():
+                self.reconnects += 1
+                await self._events.emit([Reconnected(version=self._mirror.version, url=url)])
+            self._synced_once.set()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_loop, connection)
+                nursery.start_soon(self._refresh_loop, connection)
+                ended = await self._pump(connection)
+                nursery.cancel_scope.cancel()
+            return ended
+
+    async def _resume(self, connection: Client) -> None:
+        """Authenticate with ``last_version``, apply the Resume, reconcile the outbox."""
+        payload: dict[str, Any] = {
+            "token": await self._current_token(),
+            "last_version": self._mirror.version,
+            **{k: v for k, v in self._device.items() if v is not None},
+        }
+        self._on_auth(await connection.request(MessageType.AUTH, payload))
+        with trio.fail_after(self._request_timeout):
+            while True:
+                message = await connection.next_message()
+                kind = message.get("type")
+                if kind == MessageType.RESUME:
+                    break
+                if kind == MessageType.STATE_UPDATE:
+                    # A broadcast ahead of the Resume: applied if it follows on, else
+                    # held; the Resume covers it either way.
+                    events, _gap = self._mirror.apply(change_from(message, local=False))
+                    await self._events.emit(events)
+        events, replayed, gap = self._mirror.apply_resume(message.get("payload") or {})
+        await self._events.emit(events)
+        if gap:
+            await self._resync(connection, reason="gap")
+        device = self.identity.get("device_id")
+        await self._events.emit(list(self._outbox.reconcile(self._mirror, replayed, device)))
+
+    def _on_auth(self, reply: dict[str, Any]) -> None:
+        payload = reply.get("payload") or {}
+        self.identity = {k: payload.get(k) for k in ("user_id", "device_id", "session_id")}
+        self._token = payload.get("new_token", self._token)
+        expires_at = payload.get("expires_at")
+        server_now = reply.get("timestamp")
+        if isinstance(expires_at, int | float) and isinstance(server_now, int | float):
+            # Measured against the server's clock, then moved onto ours.
+            self._token_lifetime = expires_at - server_now
+            self._token_deadline = time.time() + self._token_lifetime
+        self._token_stale = False
+
+    async def _resync(self, connection: Client, *, reason: str) -> None:
+        snapshot = await connection.snapshot()
+        await self._events.emit(self._mirror.apply_snapshot(snapshot, reason=reason))
+
+    async def _pump(self, connection: Client) -> _Ended:
+        """Handle every message in arrival order until the connection ends."""
+        while True:
+            try:
+                message = await connection.next_message()
+            except Disconnected as exc:
+                return _Ended(exc.code, exc.reason)
+            kind = message.get("type")
+            cid = message.get("correlation_id")
+            if kind == MessageType.STATE_UPDATE:
+                update = self._outbox.settle(cid) if isinstance(cid, str) else None
+                events, gap = self._mirror.apply(change_from(message, local=update is not None))
+                if update is not None:
+                    update.resolve(int(message["payload"]["version"]))
+                    self._pulse_outbox()
+                await self._events.emit(events)
+                if gap:
+                    await self._resync(connection, reason="gap")
+            elif (
+                kind == MessageType.ERROR and isinstance(cid, str) and cid in self._outbox.in_flight
+            ):
+                error = ServerError(message)
+                if error.code == 503:
+                    # The store may or may not have applied it: reconnect, and let
+                    # the Resume tell (Outbox.reconcile).
+                    await connection.aclose()
+                    return _Ended(None, f"store unavailable: {error.message}")
+                update = self._outbox.settle(cid)
+                assert update is not None
+                update.fail(error)
+                self._pulse_outbox()
+
+    async def _send_loop(self, connection: Client) -> None:
+        while True:
+            update = self._outbox.next_to_send()
+            if update is None:
+                await self._outbox_changed.wait()
+                continue
+            cid = f"u{next(self._ids)}"
+            payload: dict[str, Any] = {"key": update.key}
+            if update.operation == "DELETE":
+                payload["operation"] = "DELETE"
+            else:
+                payload["value"] = update.value
+            if self._send_base_version:
+                payload["base_version"] = update.base_version
+            self._outbox.mark_sent(update, cid)
+            try:
+                await connection.send(
+                    {"type": MessageType.STATE_UPDATE, "payload": payload, "correlation_id": cid}
+                )
+            except Disconnected:
+                return  # the pump sees the close and ends the connection
+
+    async def _refresh_loop(self, connection: Client) -> None:
+        """Send Auth with the latest token before it expires, so the socket is never closed 4401."""
+        while self._token_deadline is not None:
+            margin = min(self._refresh_margin, self._token_lifetime / 4)
+            await trio.sleep(max(0.0, self._token_deadline - margin - time.time()))
+            try:
+                if self._provider is not None and self._expiring(margin=margin / 2):
+                    self._token_stale = True
+                reply = await connection.request(
+                    MessageType.AUTH,
+                    {"token": await self._current_token()},
+                    timeout=self._request_timeout,
+                )
+            except AuthFailed:
+                if self._provider is None:
+                    return  # the socket closes 4401 at expiry; reconnecting needs a token
+                self._token_stale = True
+                continue
+            except (Disconnected, ServerError, trio.TooSlowError):
+                return
+            self._on_auth(reply)
+            self.refreshes += 1
+
+    # -- bookkeeping ----------------------------------------------------------------
+
+    async def _lost(self, ended: _Ended) -> None:
+        was_connected = self._connection is not None
+        self._connection = None
+        self._connected_event = trio.Event()
+        self._outbox.connection_lost()
+        if was_connected:
+            await self._events.emit([ConnectionLost(code=ended.code, reason=ended.reason)])
+
+    def _pulse_outbox(self) -> None:
+        self._outbox_changed.set()
+        self._outbox_changed = trio.Event()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failure = exc
+        self._outbox.fail_all(exc)
+        self._connected_event.set()
+        self._synced_once.set()
+        self._events.close()
+
+    def _raise_if_failed(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def _close(self) -> None:
+        self._closed = True
+        self._outbox.fail_all(SyncClosed("the client was closed before the server acknowledged"))
+        self._events.close()
+
+
+@asynccontextmanager
+async def open_sync_client(
+    url: str | Sequence[str],
+    *,
+    token: str | None = None,
+    token_provider: TokenProvider | None = None,
+    wait_synced: bool = True,
+    **options: Any,
+) -> AsyncIterator[SyncClient]:
+    """Keep a session in sync until the block ends; see :class:`SyncClient` for ``options``.
+
+    ``url`` may list several addresses of one service (tried in turn after a
+    failure). With ``wait_synced`` (the default) the block starts once the first
+    Resume has been applied, so ``state`` is the server's. Raises what stopped
+    the client for good (a refused token without a provider, a refused upgrade)
+    as the exception itself, never as an exception group.
+    """
+    urls = [url] if isinstance(url, str) else list(url)
+    client = SyncClient(urls, token=token, token_provider=token_provider, **options)
+    failure: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_run_quietly, client)
+        try:
+            if wait_synced:
+                await client._synced_once.wait()
+                client._raise_if_failed()
+            yield client
+        except Exception as exc:
+            failure = exc
+        finally:
+            client._close()
+            # Close the socket while its reader still runs, so the close
+            # handshake completes instead of waiting out its timeout.
+            connection = client._connection
+            if connection is not None:
+                with trio.move_on_after(2, shield=True):
+                    await connection.aclose()
+            nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+async def _run_quietly(client: SyncClient) -> None:
+    # The failure is recorded on the client (and raised to its users); letting it
+    # out here would wrap it in the nursery's exception group.
+    try:
+        await client._run()
+    except Exception:
+        log.debug("sync client stopped", exc_info=True)
