@@ -20,7 +20,15 @@ from syncbridge.client.errors import (
     ServerError,
     SyncClosed,
 )
-from syncbridge.client.mirror import Change, Conflict, ConnectionLost, Event, Reconnected, Resynced
+from syncbridge.client.mirror import (
+    Change,
+    Conflict,
+    ConnectionLost,
+    Event,
+    Reconnected,
+    Resynced,
+    TokenRefreshed,
+)
 from syncbridge.client.outbox import PendingUpdate
 from syncbridge.client.sync import SyncClient, open_sync_client
 
@@ -42,6 +50,7 @@ __all__ = [
     "ServerError",
     "SyncClient",
     "SyncClosed",
+    "TokenRefreshed",
     "open_client",
     "open_sync_client",
 ]

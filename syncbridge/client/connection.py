@@ -284,6 +284,7 @@ async def open_client(
     heartbeat_interval: float | None = 30.0,
     max_message_bytes: int = 16 * 1024 * 1024,
     connect_timeout: float = 10.0,
+    max_pending: int = 10_000,
 ) -> AsyncIterator[Client]:
     """Connect (and authenticate when ``token`` is given); close on exit.
 
@@ -294,7 +295,8 @@ async def open_client(
     raised inside the ``async with`` block come out unchanged.
 
     A Heartbeat goes out every ``heartbeat_interval`` seconds (None: never), as
-    the server expects a sign of life at least every 60 s.
+    the server expects a sign of life at least every 60 s. At most
+    ``max_pending`` unclaimed messages are kept; then reading pauses.
     """
     _check_url(url)
     closing = False
@@ -311,7 +313,7 @@ async def open_client(
                     max_message_bytes=max_message_bytes,
                     connect_timeout=connect_timeout,
                 )
-                client = Client(ws)
+                client = Client(ws, max_pending=max_pending)
                 nursery.start_soon(client._read_loop)
                 if heartbeat_interval is not None:
                     nursery.start_soon(client._heartbeat_loop, heartbeat_interval)

@@ -22,6 +22,7 @@ __all__ = [
     "Mirror",
     "Reconnected",
     "Resynced",
+    "TokenRefreshed",
     "change_from",
 ]
 
@@ -86,7 +87,19 @@ class Conflict:
     version: int
 
 
-Event = Change | Resynced | ConnectionLost | Reconnected | Conflict
+@attrs.frozen(kw_only=True)
+class TokenRefreshed:
+    """The connection was re-authenticated before its token expired.
+
+    ``token`` is the latest ``new_token`` (keep it to start the next run with it);
+    ``expires_in`` its lifetime in seconds.
+    """
+
+    token: str = attrs.field(repr=False)
+    expires_in: float
+
+
+Event = Change | Resynced | ConnectionLost | Reconnected | Conflict | TokenRefreshed
 
 
 def change_from(message: dict[str, Any], *, local: bool = False) -> Change:

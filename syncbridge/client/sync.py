@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -40,16 +39,23 @@ from syncbridge.client.errors import (
     ServerError,
     SyncClosed,
 )
-from syncbridge.client.mirror import ConnectionLost, Event, Mirror, Reconnected, change_from
+from syncbridge.client.mirror import (
+    ConnectionLost,
+    Event,
+    Mirror,
+    Reconnected,
+    TokenRefreshed,
+    change_from,
+)
 from syncbridge.client.outbox import MISSING, Outbox, PendingUpdate
 from syncbridge.client.sync_events import EventBuffer
+from syncbridge.client.tokens import TokenKeeper, TokenProvider
 from syncbridge.protocol.messages import MessageType
 
 __all__ = ["SyncClient", "open_sync_client"]
 
 log = logging.getLogger(__name__)
 
-TokenProvider = Callable[[], Awaitable[str]]
 
 # Upgrade refusals that no retry can fix (wrong path, origin not allowed).
 _FATAL_HTTP: Final = frozenset({400, 401, 403, 404, 405, 426})
@@ -88,17 +94,15 @@ class SyncClient:
         connect_timeout: float = 10.0,
         request_timeout: float = 10.0,
         refresh_margin: float = 60.0,
+        refresh_tokens: bool = True,
+        max_backlog: int = 10_000,
         send_base_version: bool = False,
     ) -> None:
-        if token is None and token_provider is None:
-            raise ValueError("give a token, a token_provider, or both")
+        self._tokens = TokenKeeper(token, token_provider, refresh_margin=refresh_margin)
+        self._refresh_tokens = refresh_tokens
+        self._max_backlog = max_backlog
         self._urls = list(urls)
         self._url_index = 0
-        self._token = token
-        self._token_deadline: float | None = None  # local time.time() of its expiry
-        self._token_lifetime = 0.0
-        self._token_stale = token is None
-        self._provider = token_provider
         self._device = {"device_type": device_type, "device_name": device_name}
         self._backoff = backoff or Backoff()
         self._mirror = Mirror()
@@ -108,7 +112,6 @@ class SyncClient:
         self._heartbeat_interval = heartbeat_interval
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
-        self._refresh_margin = refresh_margin
         self._send_base_version = send_base_version
         self._ids = itertools.count(1)
         self._connection: Client | None = None
@@ -141,7 +144,7 @@ class SyncClient:
     @property
     def token(self) -> str | None:
         """The latest token (each AuthSuccess's ``new_token`` replaces it)."""
-        return self._token
+        return self._tokens.token
 
     def events(self) -> AsyncIterator[Event]:
         """Every Change, Resynced, Conflict, ConnectionLost and Reconnected, in order.
@@ -213,7 +216,7 @@ class SyncClient:
                     ended = _Ended(None, str(exc))
                     self._url_index += 1  # try the next address, if there are several
                 except AuthFailed as exc:
-                    if exc.code != 503 and not await self._renew_after_refusal():
+                    if exc.code != 503 and not self._tokens.refused():
                         raise
                     ended = _Ended(None, f"auth refused: {exc}")
                 except Disconnected as exc:
@@ -226,7 +229,7 @@ class SyncClient:
                 if self._closed:
                     return
                 if ended.code == 4401:  # token expired: a new one is needed first
-                    self._token_stale = True
+                    self._tokens.stale = True
                 delay = 0.0 if ended.code == 4408 else self._backoff.next_delay()
                 log.info("reconnecting in %.2fs (%s %s)", delay, ended.code, ended.reason)
                 await trio.sleep(delay)
@@ -235,29 +238,12 @@ class SyncClient:
                 self._fail(exc)
             raise
 
-    async def _renew_after_refusal(self) -> bool:
-        """After a refused token: whether a fresh one from the provider is worth a try."""
-        if self._provider is None:
-            return False
-        self._token_stale = True
-        return True
-
-    async def _current_token(self) -> str:
-        if self._provider is not None and (self._token_stale or self._expiring(margin=5.0)):
-            self._token = await self._provider()
-            self._token_deadline = None
-            self._token_stale = False
-        assert self._token is not None
-        return self._token
-
-    def _expiring(self, *, margin: float) -> bool:
-        return self._token_deadline is not None and self._token_deadline - time.time() < margin
-
     async def _connect_once(self, url: str) -> _Ended:
         async with open_client(
             url,
             heartbeat_interval=self._heartbeat_interval,
             connect_timeout=self._connect_timeout,
+            max_pending=self._max_backlog,
         ) as connection:
             await self._resume(connection)
             self.url = url
@@ -270,7 +256,8 @@ class SyncClient:
             self._synced_once.set()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._send_loop, connection)
-                nursery.start_soon(self._refresh_loop, connection)
+                if self._refresh_tokens:
+                    nursery.start_soon(self._refresh_loop, connection)
                 ended = await self._pump(connection)
                 nursery.cancel_scope.cancel()
             return ended
@@ -278,7 +265,7 @@ class SyncClient:
     async def _resume(self, connection: Client) -> None:
         """Authenticate with ``last_version``, apply the Resume, reconcile the outbox."""
         payload: dict[str, Any] = {
-            "token": await self._current_token(),
+            "token": await self._tokens.current(),
             "last_version": self._mirror.version,
             **{k: v for k, v in self._device.items() if v is not None},
         }
@@ -304,14 +291,7 @@ class SyncClient:
     def _on_auth(self, reply: dict[str, Any]) -> None:
         payload = reply.get("payload") or {}
         self.identity = {k: payload.get(k) for k in ("user_id", "device_id", "session_id")}
-        self._token = payload.get("new_token", self._token)
-        expires_at = payload.get("expires_at")
-        server_now = reply.get("timestamp")
-        if isinstance(expires_at, int | float) and isinstance(server_now, int | float):
-            # Measured against the server's clock, then moved onto ours.
-            self._token_lifetime = expires_at - server_now
-            self._token_deadline = time.time() + self._token_lifetime
-        self._token_stale = False
+        self._tokens.accepted(reply)
 
     async def _resync(self, connection: Client, *, reason: str) -> None:
         snapshot = await connection.snapshot()
@@ -373,26 +353,27 @@ class SyncClient:
 
     async def _refresh_loop(self, connection: Client) -> None:
         """Send Auth with the latest token before it expires, so the socket is never closed 4401."""
-        while self._token_deadline is not None:
-            margin = min(self._refresh_margin, self._token_lifetime / 4)
-            await trio.sleep(max(0.0, self._token_deadline - margin - time.time()))
+        while (delay := self._tokens.refresh_in()) is not None:
+            await trio.sleep(delay)
             try:
-                if self._provider is not None and self._expiring(margin=margin / 2):
-                    self._token_stale = True
+                # The latest new_token is still valid for a while: present it; the
+                # provider is only asked when it no longer is.
+                token = await self._tokens.current(margin=1.0)
                 reply = await connection.request(
-                    MessageType.AUTH,
-                    {"token": await self._current_token()},
-                    timeout=self._request_timeout,
+                    MessageType.AUTH, {"token": token}, timeout=self._request_timeout
                 )
             except AuthFailed:
-                if self._provider is None:
+                if not self._tokens.refused():
                     return  # the socket closes 4401 at expiry; reconnecting needs a token
-                self._token_stale = True
                 continue
             except (Disconnected, ServerError, trio.TooSlowError):
                 return
-            self._on_auth(reply)
+            self._tokens.accepted(reply)
             self.refreshes += 1
+            assert self._tokens.token is not None
+            await self._events.emit(
+                [TokenRefreshed(token=self._tokens.token, expires_in=self._tokens.lifetime)]
+            )
 
     # -- bookkeeping ----------------------------------------------------------------
 

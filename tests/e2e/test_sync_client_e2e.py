@@ -17,6 +17,7 @@ from syncbridge.client import (
     Reconnected,
     Resynced,
     SyncClient,
+    TokenRefreshed,
     open_client,
     open_sync_client,
 )
@@ -189,3 +190,49 @@ async def _until(client: SyncClient, kind: type) -> Any:
         yield event
         if isinstance(event, kind):
             return
+
+
+async def test_sync_client_refreshes_its_token_before_expiry(nursery: trio.Nursery) -> None:
+    # Each AuthSuccess authorises the socket for TOKEN_TTL (3 s here): without a
+    # refresh the server closes it 4401 then.
+    server = await start_server(nursery, make_settings(token_ttl=3.0))
+    with trio.fail_after(BOUND):
+        async with open_sync_client(server.url, token=server.token(), **FAST) as client:
+            first_token = client.token
+            refreshed = 0
+            async for event in client.events():
+                assert not isinstance(event, ConnectionLost), event
+                if isinstance(event, TokenRefreshed):
+                    refreshed += 1
+                    assert 0 < event.expires_in <= 3.0
+                    if refreshed == 3:  # past the first token's lifetime (3 s)
+                        break
+            assert client.reconnects == 0
+            assert client.token != first_token
+            assert await client.set("still", "here") == 1
+    server.stop.set()
+
+
+async def test_sync_client_expired_token_is_replaced_by_the_provider(
+    nursery: trio.Nursery,
+) -> None:
+    server = await start_server(nursery, make_settings(token_ttl=1.0))
+    provided = 0
+
+    async def provider() -> str:
+        nonlocal provided
+        provided += 1
+        return server.token()
+
+    with trio.fail_after(BOUND):
+        async with open_sync_client(
+            server.url, token_provider=provider, refresh_tokens=False, **FAST
+        ) as client:
+            await client.set("a", 1)
+            events = [e async for e in _until(client, Reconnected)]
+            lost = [e for e in events if isinstance(e, ConnectionLost)]
+            assert [e.code for e in lost] == [4401]
+            assert provided == 2
+            assert await client.set("b", 2) == 2
+            assert mirrors(client, {"a": 1, "b": 2}, 2)
+    server.stop.set()
