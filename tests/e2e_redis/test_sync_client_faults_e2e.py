@@ -149,20 +149,21 @@ async def test_sync_client_moves_to_the_other_process_when_one_is_killed(
 ) -> None:
     env = process_env(redis_server, PRESENCE_TTL="2s")
     with trio.fail_after(BOUND):
-        async with run_server(env=env) as a, run_server(env=env) as b:
-            async with (
-                open_sync_client([a.ws_url, b.ws_url], token=mint(), **FAST) as client,
-                open_client(b.ws_url, token=mint(device="d2")) as device2,
-            ):
-                assert client.url == a.ws_url
-                await client.set("a", 1)
-                await a.stop(signal.SIGKILL)
-                lost = await wait_for(client, ConnectionLost)
-                assert lost[-1].code == 1006  # no close frame from a killed process
-                await device2.update("b", 2)
-                events = await wait_for(client, Reconnected)
-                assert events[-1].url == b.ws_url
-                await client.wait_until(lambda s, _v: s.get("b") == 2)
-                assert await client.set("c", 3) == 3
-                state, version = await read_back(b.ws_url)
-                assert (dict(client.state), client.version) == (state, version)
+        async with (
+            run_server(env=env) as a,
+            run_server(env=env) as b,
+            open_sync_client([a.ws_url, b.ws_url], token=mint(), **FAST) as client,
+            open_client(b.ws_url, token=mint(device="d2")) as device2,
+        ):
+            assert client.url == a.ws_url
+            await client.set("a", 1)
+            await a.stop(signal.SIGKILL)
+            lost = await wait_for(client, ConnectionLost)
+            assert lost[-1].code == 1006  # no close frame from a killed process
+            await device2.update("b", 2)
+            events = await wait_for(client, Reconnected)
+            assert events[-1].url == b.ws_url
+            await client.wait_until(lambda s, _v: s.get("b") == 2)
+            assert await client.set("c", 3) == 3
+            state, version = await read_back(b.ws_url)
+            assert (dict(client.state), client.version) == (state, version)
