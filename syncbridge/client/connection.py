@@ -170,9 +170,9 @@ class Client:
         reply = await self.request(MessageType.HEARTBEAT, {"client_time": client_time})
         return dict(reply["payload"])
 
-    async def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self, *, timeout: float = 10.0) -> dict[str, Any]:
         """The session's state: ``{session_id, state_data, created_at, version, ...}``."""
-        reply = await self.request(MessageType.SNAPSHOT_REQUEST, {})
+        reply = await self.request(MessageType.SNAPSHOT_REQUEST, {}, timeout=timeout)
         return dict(reply["payload"])
 
     async def update(self, key: str, value: Any) -> int:

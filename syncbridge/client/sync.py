@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
+import attrs
 import trio
 
 from syncbridge.client.backoff import Backoff
@@ -61,13 +62,12 @@ log = logging.getLogger(__name__)
 _FATAL_HTTP: Final = frozenset({400, 401, 403, 404, 405, 426})
 
 
-class _Ended(Exception):
-    """One connection is over; ``why`` says how (for the log and ConnectionLost)."""
+@attrs.frozen
+class _Ended:
+    """How one connection ended (for the log, ConnectionLost and the next attempt)."""
 
-    def __init__(self, code: int | None, reason: str | None) -> None:
-        super().__init__(f"{code} {reason}")
-        self.code = code
-        self.reason = reason
+    code: int | None
+    reason: str | None
 
 
 class SyncClient:
@@ -269,19 +269,31 @@ class SyncClient:
             "last_version": self._mirror.version,
             **{k: v for k, v in self._device.items() if v is not None},
         }
-        self._on_auth(await connection.request(MessageType.AUTH, payload))
+        reply = await connection.request(MessageType.AUTH, payload, timeout=self._request_timeout)
+        self._on_auth(reply)
+        # A v1 server ignores last_version and sends no Resume. It answers a socket's
+        # messages in order, and the Resume is part of answering the Auth, so a
+        # Heartbeat acknowledged first means no Resume is coming: take a snapshot.
+        probe = f"probe:{next(self._ids)}"
+        await connection.send(
+            {"type": MessageType.HEARTBEAT, "payload": {}, "correlation_id": probe}
+        )
+        resume: dict[str, Any] | None = None
         with trio.fail_after(self._request_timeout):
-            while True:
+            while resume is None:
                 message = await connection.next_message()
                 kind = message.get("type")
                 if kind == MessageType.RESUME:
-                    break
-                if kind == MessageType.STATE_UPDATE:
+                    resume = message.get("payload") or {}
+                elif kind == MessageType.HEARTBEAT_ACK and message.get("correlation_id") == probe:
+                    snapshot = await connection.snapshot(timeout=self._request_timeout)
+                    resume = {"mode": "snapshot", "snapshot": snapshot}
+                elif kind == MessageType.STATE_UPDATE:
                     # A broadcast ahead of the Resume: applied if it follows on, else
                     # held; the Resume covers it either way.
                     events, _gap = self._mirror.apply(change_from(message, local=False))
                     await self._events.emit(events)
-        events, replayed, gap = self._mirror.apply_resume(message.get("payload") or {})
+        events, replayed, gap = self._mirror.apply_resume(resume)
         await self._events.emit(events)
         if gap:
             await self._resync(connection, reason="gap")
@@ -294,7 +306,7 @@ class SyncClient:
         self._tokens.accepted(reply)
 
     async def _resync(self, connection: Client, *, reason: str) -> None:
-        snapshot = await connection.snapshot()
+        snapshot = await connection.snapshot(timeout=self._request_timeout)
         await self._events.emit(self._mirror.apply_snapshot(snapshot, reason=reason))
 
     async def _pump(self, connection: Client) -> _Ended:
