@@ -10,25 +10,21 @@
 
 Task tree (``open_sync_client``'s nursery)::
 
-    _run                     connect, authenticate, resume; back off and repeat
-    └── per connection: _pump (the only reader), _send_loop, _refresh_loop
+    _run                     connect, resume, serve the link; back off and repeat
+    └── per connection: Link.serve -> _pump (the only reader), _send_loop, _refresh_loop
 
-Every message of a connection is handled by ``_pump`` in arrival order, acks
-included (updates are sent with correlation ids the low-level client does not
-wait for), because the server orders acks and broadcasts by version on each
-socket and the mirror relies on that order.
+What one connection does is in link.py; the state that outlives connections
+(mirror, outbox, events, tokens) is the :class:`SyncCore`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import types
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
-import attrs
 import trio
 
 from syncbridge.client.backoff import Backoff
@@ -40,18 +36,16 @@ from syncbridge.client.errors import (
     ServerError,
     SyncClosed,
 )
+from syncbridge.client.link import Ended, Link, SyncCore
 from syncbridge.client.mirror import (
     ConnectionLost,
     Event,
     Mirror,
     Reconnected,
-    TokenRefreshed,
-    change_from,
 )
 from syncbridge.client.outbox import MISSING, Outbox, PendingUpdate
 from syncbridge.client.sync_events import EventBuffer
 from syncbridge.client.tokens import TokenKeeper, TokenProvider
-from syncbridge.protocol.messages import MessageType
 
 __all__ = ["SyncClient", "open_sync_client"]
 
@@ -60,14 +54,6 @@ log = logging.getLogger(__name__)
 
 # Upgrade refusals that no retry can fix (wrong path, origin not allowed).
 _FATAL_HTTP: Final = frozenset({400, 401, 403, 404, 405, 426})
-
-
-@attrs.frozen
-class _Ended:
-    """How one connection ended (for the log, ConnectionLost and the next attempt)."""
-
-    code: int | None
-    reason: str | None
 
 
 class SyncClient:
@@ -98,31 +84,35 @@ class SyncClient:
         max_backlog: int = 10_000,
         send_base_version: bool = False,
     ) -> None:
-        self._tokens = TokenKeeper(token, token_provider, refresh_margin=refresh_margin)
-        self._refresh_tokens = refresh_tokens
+        mirror = Mirror()
+        self._core = SyncCore(
+            mirror=mirror,
+            outbox=Outbox(max_queued=max_queued, max_in_flight=max_in_flight),
+            events=EventBuffer(mirror, max_events=max_events, wait=wait_for_events),
+            tokens=TokenKeeper(token, token_provider, refresh_margin=refresh_margin),
+            device={"device_type": device_type, "device_name": device_name},
+            request_timeout=request_timeout,
+            send_base_version=send_base_version,
+            refresh_tokens=refresh_tokens,
+        )
+        # Short names for what this class uses most.
+        self._mirror = mirror
+        self._outbox = self._core.outbox
+        self._events = self._core.events
+        self._tokens = self._core.tokens
         self._max_backlog = max_backlog
         self._urls = list(urls)
         self._url_index = 0
-        self._device = {"device_type": device_type, "device_name": device_name}
         self._backoff = backoff or Backoff()
-        self._mirror = Mirror()
-        self._outbox = Outbox(max_queued=max_queued, max_in_flight=max_in_flight)
-        self._outbox_changed = trio.Event()
-        self._events = EventBuffer(self._mirror, max_events=max_events, wait=wait_for_events)
         self._heartbeat_interval = heartbeat_interval
         self._connect_timeout = connect_timeout
-        self._request_timeout = request_timeout
-        self._send_base_version = send_base_version
-        self._ids = itertools.count(1)
         self._connection: Client | None = None
         self._connected_event = trio.Event()
         self._synced_once = trio.Event()
         self._closed = False
         self.failure: BaseException | None = None
-        self.identity: dict[str, Any] = {}
         self.url: str | None = None
         self.reconnects = 0
-        self.refreshes = 0
 
     # -- what the application reads -----------------------------------------------
 
@@ -135,6 +125,16 @@ class SyncClient:
     def version(self) -> int:
         """The version of :attr:`state`: the last change applied."""
         return self._mirror.version
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """``user_id``, ``device_id`` and ``session_id`` from the last AuthSuccess."""
+        return dict(self._core.identity)
+
+    @property
+    def refreshes(self) -> int:
+        """How often the token was refreshed on a live connection."""
+        return self._core.refreshes
 
     @property
     def connected(self) -> bool:
@@ -191,7 +191,7 @@ class SyncClient:
             base_value=self._mirror.state.get(key, MISSING),
         )
         self._outbox.add(update)
-        self._pulse_outbox()
+        self._core.pulse_outbox()
         return update
 
     async def set(self, key: str, value: Any) -> int:
@@ -213,18 +213,18 @@ class SyncClient:
                 except ConnectFailed as exc:
                     if exc.status_code in _FATAL_HTTP:
                         raise
-                    ended = _Ended(None, str(exc))
+                    ended = Ended(None, str(exc))
                     self._url_index += 1  # try the next address, if there are several
                 except AuthFailed as exc:
                     if exc.code != 503 and not self._tokens.refused():
                         raise
-                    ended = _Ended(None, f"auth refused: {exc}")
+                    ended = Ended(None, f"auth refused: {exc}")
                 except Disconnected as exc:
-                    ended = _Ended(exc.code, exc.reason)
+                    ended = Ended(exc.code, exc.reason)
                 except trio.TooSlowError:
-                    ended = _Ended(None, "no answer in time")
+                    ended = Ended(None, "no answer in time")
                 except ServerError as exc:
-                    ended = _Ended(None, str(exc))
+                    ended = Ended(None, str(exc))
                 await self._lost(ended)
                 if self._closed:
                     return
@@ -238,14 +238,15 @@ class SyncClient:
                 self._fail(exc)
             raise
 
-    async def _connect_once(self, url: str) -> _Ended:
+    async def _connect_once(self, url: str) -> Ended:
         async with open_client(
             url,
             heartbeat_interval=self._heartbeat_interval,
             connect_timeout=self._connect_timeout,
             max_pending=self._max_backlog,
         ) as connection:
-            await self._resume(connection)
+            link = Link(self._core, connection)
+            await link.resume()
             self.url = url
             self._connection = connection
             self._connected_event.set()
@@ -254,152 +255,17 @@ class SyncClient:
                 self.reconnects += 1
                 await self._events.emit([Reconnected(version=self._mirror.version, url=url)])
             self._synced_once.set()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_loop, connection)
-                if self._refresh_tokens:
-                    nursery.start_soon(self._refresh_loop, connection)
-                ended = await self._pump(connection)
-                nursery.cancel_scope.cancel()
-            return ended
-
-    async def _resume(self, connection: Client) -> None:
-        """Authenticate with ``last_version``, apply the Resume, reconcile the outbox."""
-        payload: dict[str, Any] = {
-            "token": await self._tokens.current(),
-            "last_version": self._mirror.version,
-            **{k: v for k, v in self._device.items() if v is not None},
-        }
-        reply = await connection.request(MessageType.AUTH, payload, timeout=self._request_timeout)
-        self._on_auth(reply)
-        # A v1 server ignores last_version and sends no Resume. It answers a socket's
-        # messages in order, and the Resume is part of answering the Auth, so a
-        # Heartbeat acknowledged first means no Resume is coming: take a snapshot.
-        probe = f"probe:{next(self._ids)}"
-        await connection.send(
-            {"type": MessageType.HEARTBEAT, "payload": {}, "correlation_id": probe}
-        )
-        resume: dict[str, Any] | None = None
-        with trio.fail_after(self._request_timeout):
-            while resume is None:
-                message = await connection.next_message()
-                kind = message.get("type")
-                if kind == MessageType.RESUME:
-                    resume = message.get("payload") or {}
-                elif kind == MessageType.HEARTBEAT_ACK and message.get("correlation_id") == probe:
-                    snapshot = await connection.snapshot(timeout=self._request_timeout)
-                    resume = {"mode": "snapshot", "snapshot": snapshot}
-                elif kind == MessageType.STATE_UPDATE:
-                    # A broadcast ahead of the Resume: applied if it follows on, else
-                    # held; the Resume covers it either way.
-                    events, _gap = self._mirror.apply(change_from(message, local=False))
-                    await self._events.emit(events)
-        events, replayed, gap = self._mirror.apply_resume(resume)
-        await self._events.emit(events)
-        if gap:
-            await self._resync(connection, reason="gap")
-        device = self.identity.get("device_id")
-        await self._events.emit(list(self._outbox.reconcile(self._mirror, replayed, device)))
-
-    def _on_auth(self, reply: dict[str, Any]) -> None:
-        payload = reply.get("payload") or {}
-        self.identity = {k: payload.get(k) for k in ("user_id", "device_id", "session_id")}
-        self._tokens.accepted(reply)
-
-    async def _resync(self, connection: Client, *, reason: str) -> None:
-        snapshot = await connection.snapshot(timeout=self._request_timeout)
-        await self._events.emit(self._mirror.apply_snapshot(snapshot, reason=reason))
-
-    async def _pump(self, connection: Client) -> _Ended:
-        """Handle every message in arrival order until the connection ends."""
-        while True:
-            try:
-                message = await connection.next_message()
-            except Disconnected as exc:
-                return _Ended(exc.code, exc.reason)
-            kind = message.get("type")
-            cid = message.get("correlation_id")
-            if kind == MessageType.STATE_UPDATE:
-                update = self._outbox.settle(cid) if isinstance(cid, str) else None
-                events, gap = self._mirror.apply(change_from(message, local=update is not None))
-                if update is not None:
-                    update.resolve(int(message["payload"]["version"]))
-                    self._pulse_outbox()
-                await self._events.emit(events)
-                if gap:
-                    await self._resync(connection, reason="gap")
-            elif (
-                kind == MessageType.ERROR and isinstance(cid, str) and cid in self._outbox.in_flight
-            ):
-                error = ServerError(message)
-                if error.code == 503:
-                    # The store may or may not have applied it: reconnect, and let
-                    # the Resume tell (Outbox.reconcile).
-                    await connection.aclose()
-                    return _Ended(None, f"store unavailable: {error.message}")
-                update = self._outbox.settle(cid)
-                assert update is not None
-                update.fail(error)
-                self._pulse_outbox()
-
-    async def _send_loop(self, connection: Client) -> None:
-        while True:
-            update = self._outbox.next_to_send()
-            if update is None:
-                await self._outbox_changed.wait()
-                continue
-            cid = f"u{next(self._ids)}"
-            payload: dict[str, Any] = {"key": update.key}
-            if update.operation == "DELETE":
-                payload["operation"] = "DELETE"
-            else:
-                payload["value"] = update.value
-            if self._send_base_version:
-                payload["base_version"] = update.base_version
-            self._outbox.mark_sent(update, cid)
-            try:
-                await connection.send(
-                    {"type": MessageType.STATE_UPDATE, "payload": payload, "correlation_id": cid}
-                )
-            except Disconnected:
-                return  # the pump sees the close and ends the connection
-
-    async def _refresh_loop(self, connection: Client) -> None:
-        """Send Auth with the latest token before it expires, so the socket is never closed 4401."""
-        while (delay := self._tokens.refresh_in()) is not None:
-            await trio.sleep(delay)
-            try:
-                # The latest new_token is still valid for a while: present it; the
-                # provider is only asked when it no longer is.
-                token = await self._tokens.current(margin=1.0)
-                reply = await connection.request(
-                    MessageType.AUTH, {"token": token}, timeout=self._request_timeout
-                )
-            except AuthFailed:
-                if not self._tokens.refused():
-                    return  # the socket closes 4401 at expiry; reconnecting needs a token
-                continue
-            except (Disconnected, ServerError, trio.TooSlowError):
-                return
-            self._tokens.accepted(reply)
-            self.refreshes += 1
-            assert self._tokens.token is not None
-            await self._events.emit(
-                [TokenRefreshed(token=self._tokens.token, expires_in=self._tokens.lifetime)]
-            )
+            return await link.serve()
 
     # -- bookkeeping ----------------------------------------------------------------
 
-    async def _lost(self, ended: _Ended) -> None:
+    async def _lost(self, ended: Ended) -> None:
         was_connected = self._connection is not None
         self._connection = None
         self._connected_event = trio.Event()
         self._outbox.connection_lost()
         if was_connected:
             await self._events.emit([ConnectionLost(code=ended.code, reason=ended.reason)])
-
-    def _pulse_outbox(self) -> None:
-        self._outbox_changed.set()
-        self._outbox_changed = trio.Event()
 
     def _fail(self, exc: BaseException) -> None:
         self.failure = exc
