@@ -49,7 +49,7 @@ from syncbridge.settings import Settings, load_settings
 from syncbridge.tools import advice
 from syncbridge.tools.advice import StepFailed
 from syncbridge.tools.health_probe import fetch_health, health_verdict, store_verdict
-from syncbridge.tools.secret import signing_secret
+from syncbridge.tools.secret import port_of, signing_secret
 
 __all__ = [
     "STEPS",
@@ -137,15 +137,6 @@ def _ws_url_for(base: str) -> str:
     parts = urlsplit(base)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     return f"{scheme}://{parts.netloc}{parts.path}/ws"
-
-
-def _port_of(base: str) -> int:
-    parts = urlsplit(base)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return port or (443 if parts.scheme == "https" else 80)
 
 
 class _Check:
@@ -423,7 +414,7 @@ async def run_check(
         url=base,
         ws_url=ws_url or _ws_url_for(base),
         timeout=timeout,
-        tokens=_tokens(settings, token, session_id, _port_of(base)),
+        tokens=_tokens(settings, token, session_id, port_of(base)),
         nonce=nonce,
         report=report,
     )

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import sys
+from urllib.parse import urlsplit
 
 from syncbridge import tryout
 from syncbridge.settings import Settings
 
-__all__ = ["signing_secret"]
+__all__ = ["port_of", "signing_secret"]
+
+
+def port_of(url: str) -> int:
+    """The port a ``http(s)://`` or ``ws(s)://`` URL points at (its scheme's default)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return port or (443 if parts.scheme in ("https", "wss") else 80)
 
 
 def signing_secret(settings: Settings, port: int) -> str:

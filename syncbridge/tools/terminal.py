@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack, suppress
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import attrs
 import orjson
@@ -44,7 +43,7 @@ from syncbridge.client import (
 from syncbridge.errors import ConfigError
 from syncbridge.protocol.messages import MessageType
 from syncbridge.settings import load_settings, parse_duration
-from syncbridge.tools.secret import signing_secret
+from syncbridge.tools.secret import port_of, signing_secret
 
 __all__ = ["TerminalOptions", "add_arguments", "main", "run_terminal"]
 
@@ -250,15 +249,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _port_of(url: str) -> int:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return port or (443 if parts.scheme in ("wss", "https") else 80)
-
-
 def _token(args: argparse.Namespace) -> str | None:
     minting = (args.user, args.device, args.session)
     if not any(minting):
@@ -269,7 +259,7 @@ def _token(args: argparse.Namespace) -> str | None:
     if not all(minting):
         raise ConfigError("--user, --device and --session are needed together to mint a token")
     settings = load_settings(config_file=args.config)
-    secret = signing_secret(settings, _port_of(args.url))
+    secret = signing_secret(settings, port_of(args.url))
     try:
         ttl = parse_duration(args.ttl)
     except ValueError as exc:

@@ -167,6 +167,11 @@ async def test_newcomer_tryout_server_is_operable_without_restart(runtime_dir: P
         # ... the banner's operator token works as printed ...
         status_code, _ = await _get(server.port, "/debug/tasks", _operator_token(server.banner))
         assert status_code == 200
+        # ... `client --user` mints with it too ...
+        argv = ["client", server.ws_url, "--user", "u", "--device", "d", "--session", "s"]
+        status, out, err = await run(*argv, env=env)
+        assert status == 0, err
+        assert '"type":8' in out
         # ... and `check` passes its WebSocket steps.
         status, out, err = await run("check", env=here)
         assert status == 0, out + err
