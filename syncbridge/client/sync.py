@@ -216,7 +216,9 @@ class SyncClient:
                     ended = Ended(None, str(exc))
                     self._url_index += 1  # try the next address, if there are several
                 except AuthFailed as exc:
-                    if exc.code != 503 and not self._tokens.refused():
+                    # 503: the store could not record presence; 429: the session has
+                    # too many devices online. Both pass; a refused token does not.
+                    if exc.code not in (429, 503) and not self._tokens.refused():
                         raise
                     ended = Ended(None, f"auth refused: {exc}")
                 except Disconnected as exc:
