@@ -10,7 +10,7 @@ connection ends::
 Every message is handled by ``_pump`` in arrival order, acks included (updates
 are sent with correlation ids the low-level client does not wait for), because
 the server orders acks and broadcasts by version on each socket and the mirror
-relies on that order (decision 0011).
+relies on that order (decision 0012).
 """
 
 from __future__ import annotations
