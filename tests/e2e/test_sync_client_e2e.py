@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -93,15 +94,17 @@ async def test_sync_client_survives_server_restart_and_resyncs(nursery: trio.Nur
     # The memory store loses everything on restart: the client must take the
     # new (empty) snapshot, with its lower version, and say so.
     settings = make_settings(addr=f"127.0.0.1:{free_port()}")
-    first, crash = await start_crashable(nursery, settings)
+    crashable = await start_crashable(nursery, settings)
+    first = crashable.server
     with trio.fail_after(BOUND):
         async with open_sync_client(first.url, token=first.token(), **FAST) as client:
             await client.set("a", 1)
             await client.set("b", 2)
-            crash.cancel()
+            await crashable.crash()
             lost = [e async for e in _until(client, ConnectionLost)]
             assert isinstance(lost[-1], ConnectionLost)
-            second, crash = await start_crashable(nursery, settings)
+            crashable = await start_crashable(nursery, settings)
+            second = crashable.server
             events = [e async for e in _until(client, Reconnected)]
             resynced = [e for e in events if isinstance(e, Resynced)]
             assert resynced[0].reason == "snapshot"
@@ -109,28 +112,30 @@ async def test_sync_client_survives_server_restart_and_resyncs(nursery: trio.Nur
             assert mirrors(client, {}, 0)
             assert await client.set("c", 3) == 1
             assert mirrors(client, *await server_state(second))
-            crash.cancel()
+            await crashable.crash()
 
 
 async def test_sync_client_updates_while_disconnected_are_sent_after_resume(
     nursery: trio.Nursery,
 ) -> None:
     settings = make_settings(addr=f"127.0.0.1:{free_port()}")
-    first, crash = await start_crashable(nursery, settings)
+    crashable = await start_crashable(nursery, settings)
+    first = crashable.server
     with trio.fail_after(BOUND):
         async with open_sync_client(first.url, token=first.token(), max_queued=3, **FAST) as c:
-            crash.cancel()
+            await crashable.crash()
             async for _ in _until(c, ConnectionLost):
                 pass
             queued = [c.submit(f"k{i}", i) for i in range(3)]
             with pytest.raises(QueueFull):
                 c.submit("k3", 3)
             assert not any(u.acknowledged for u in queued)
-            second, crash = await start_crashable(nursery, settings)
+            crashable = await start_crashable(nursery, settings)
+            second = crashable.server
             versions = [await u.wait() for u in queued]
             assert versions == [1, 2, 3]
             assert mirrors(c, *await server_state(second))
-            crash.cancel()
+            await crashable.crash()
 
 
 async def test_sync_client_conflicting_offline_update_is_not_sent(
@@ -139,14 +144,16 @@ async def test_sync_client_conflicting_offline_update_is_not_sent(
     from ..e2e_redis import redis_settings
 
     settings = redis_settings(redis_server.url, addr=f"127.0.0.1:{free_port()}")
-    first, crash = await start_crashable(nursery, settings)
+    crashable = await start_crashable(nursery, settings)
+    first = crashable.server
     # Another process of the same service, where another device stays connected.
-    elsewhere, crash_elsewhere = await start_crashable(nursery, redis_settings(redis_server.url))
+    other_process = await start_crashable(nursery, redis_settings(redis_server.url))
+    elsewhere = other_process.server
     with trio.fail_after(BOUND):
         async with open_sync_client(first.url, token=first.token(), **FAST) as client:
             await client.set("title", "draft")
             await client.set("free", 0)
-            crash.cancel()
+            await crashable.crash()
             async for _ in _until(client, ConnectionLost):
                 pass
             # Offline, this device edits two keys; another device changes one of them.
@@ -154,34 +161,51 @@ async def test_sync_client_conflicting_offline_update_is_not_sent(
             free = client.submit("free", 1)
             async with open_client(elsewhere.url, token=elsewhere.token(device="d2")) as other:
                 await other.update("title", "theirs")
-            second, crash = await start_crashable(nursery, settings)
+            crashable = await start_crashable(nursery, settings)
+            second = crashable.server
             with pytest.raises(ConflictError) as conflict:
                 await title.wait()
             assert conflict.value.server_value == "theirs"
             assert await free.wait() == 4
             assert dict(client.state) == {"title": "theirs", "free": 1}
             assert mirrors(client, *await server_state(second))
-            crash.cancel()
-            crash_elsewhere.cancel()
+            await crashable.crash()
+            await other_process.crash()
 
 
-async def start_crashable(
-    nursery: trio.Nursery, settings: Any
-) -> tuple[RunningServer, trio.CancelScope]:
-    """A server whose scope the test cancels to crash it: sockets vanish without a close.
+@attrs.define
+class Crashable:
+    """A server the test crashes: its sockets vanish without a close frame."""
+
+    server: RunningServer
+    scope: trio.CancelScope
+    gone: trio.Event
+
+    async def crash(self) -> None:
+        """Cancel the server and wait until it has let go of its port."""
+        self.scope.cancel()
+        await self.gone.wait()
+
+
+async def start_crashable(nursery: trio.Nursery, settings: Any) -> Crashable:
+    """Start a server that ``crash()`` stops without draining.
 
     (A graceful stop with clients attached can trip hypercorn into a
     BusyResourceError that ends the whole server: reported to the transport rewrite.)
     """
 
-    async def run(task_status: trio.TaskStatus[tuple[RunningServer, trio.CancelScope]]) -> None:
-        with trio.CancelScope() as scope:
-            async with trio.open_nursery() as inner:
-                server = await start_server(inner, settings)
-                task_status.started((server, scope))
-                await trio.sleep_forever()
+    async def run(task_status: trio.TaskStatus[Crashable]) -> None:
+        gone = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as inner:
+                    server = await start_server(inner, settings)
+                    task_status.started(Crashable(server, scope, gone))
+                    await trio.sleep_forever()
+        finally:
+            gone.set()
 
-    result: tuple[RunningServer, trio.CancelScope] = await nursery.start(run)
+    result: Crashable = await nursery.start(run)
     return result
 
 
