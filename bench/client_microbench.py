@@ -64,7 +64,7 @@ def _raw(chunks: list[bytes]) -> int:
     class Sink:
         server_closes = 0
 
-        def on_message(self, _ws: Any, data: bytes) -> None:
+        def on_frame(self, _ws: Any, data: bytes) -> None:  # what RawClient calls per frame
             nonlocal count
             orjson.loads(data)["payload"]["value"]["t"]
             count += 1

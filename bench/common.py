@@ -38,7 +38,10 @@ CLIENT_CPUS = os.environ.get("BENCH_CLIENT_CPUS", "1")
 
 SECRET = "bench-secret-" + "x" * 40  # >= 32 bytes; loopback only, never a real secret
 
-SERVERS = ("syncbridge", "hypercorn", "websockets-trio", "trio-websocket")
+SERVERS = ("syncbridge", "hypercorn", "websockets-trio", "trio-websocket", "python-socketio")
+
+# The load generator's dialect for each server (bench/loadgen.py).
+PROTOCOLS = {"syncbridge": "syncbridge", "python-socketio": "socketio"}
 
 
 # --------------------------------------------------------------------------- CPUs / limits
@@ -212,11 +215,13 @@ class Server:
 
     @property
     def url(self) -> str:
+        if self.protocol == "socketio":
+            return f"ws://{HOST}:{self.port}/socket.io/?EIO=4&transport=websocket"
         return f"ws://{HOST}:{self.port}/ws"
 
     @property
     def protocol(self) -> str:
-        return "syncbridge" if self.kind == "syncbridge" else "baseline"
+        return PROTOCOLS.get(self.kind, "baseline")
 
     def rss_kib(self) -> int:
         return rss_kib(self.pid)
@@ -271,6 +276,7 @@ def _server_argv(kind: str, port: int, probe: str | None = None) -> list[str]:
         "hypercorn": "hypercorn_broadcast.py",
         "websockets-trio": "websockets_trio_broadcast.py",
         "trio-websocket": "trio_websocket_broadcast.py",
+        "python-socketio": "socketio_broadcast.py",
     }[kind]
     return [py, str(BASELINES / script), "--port", str(port)]
 
@@ -535,6 +541,11 @@ def versions() -> dict[str, str | None]:
         "orjson",
         "websockets",
         "trio-websocket",
+        "python-socketio",
+        "python-engineio",
+        "uvicorn",
+        "uvloop",
+        "httptools",
     )
     return {n: _version(n) for n in names}
 

@@ -15,6 +15,12 @@ Two protocol modes drive the servers under test with the same frames:
 ``baseline``    ``{"room": "s<N>"}`` → ``{"type": 8}``; writers then send the
                 very same StateUpdate frames, which the baseline server relays
                 verbatim to the room's other members (no ack).
+``socketio``    Engine.IO v4 over a plain WebSocket at
+                ``/socket.io/?EIO=4&transport=websocket``: the server's open
+                packet ``0{…}``, then ``40{"room": "s<N>"}`` → ``40{"sid": …}``
+                (namespace connect, the join); writers send the same StateUpdate
+                as the event ``42["update",{…}]``, which the server emits to the
+                room's other members; the server's ping ``2`` is answered ``3``.
 
 The value of every update carries the send time (``time.monotonic_ns()``:
 CLOCK_MONOTONIC, one clock for every process of the host) and the step number,
@@ -56,6 +62,10 @@ monotonic_ns = time.monotonic_ns
 loads = orjson.loads
 PAD = "x" * 110  # makes an update frame ~200 bytes
 UPDATE = b'{"type":5,"payload":{"key":"k","value":{"t":%d,"s":%d,"p":"%s"}},"correlation_id":%d}'
+# socket.io: the same StateUpdate as the data of an "update" event (EIO message 4,
+# SIO event 2, default namespace).
+SIO_UPDATE = b'42["update",' + UPDATE + b"]"
+SIO_PATH = "/socket.io/?EIO=4&transport=websocket"
 
 
 def _cpu() -> float:
@@ -93,6 +103,10 @@ class RawClient(asyncio.Protocol):
         self.inflight = 0
         self.seq = 0
         self._key = ""
+        # socket.io: set by the server's Engine.IO open packet (may arrive with the 101)
+        self.eio_open: asyncio.Future[None] | None = (
+            asyncio.get_running_loop().create_future() if worker.protocol == "socketio" else None
+        )
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -102,7 +116,8 @@ class RawClient(asyncio.Protocol):
         self._key = base64.b64encode(os.urandom(16)).decode()
         transport.write(
             (
-                f"GET /ws HTTP/1.1\r\nHost: {HOST}:{self.port}\r\nUpgrade: websocket\r\n"
+                f"GET {self.worker.path} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n"
+                "Upgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {self._key}\r\n"
                 "Sec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
@@ -126,7 +141,7 @@ class RawClient(asyncio.Protocol):
                 self.handshake.set_result(None)
         pos = 0
         size = len(buf)
-        on_message = self.worker.on_message
+        on_message = self.worker.on_frame
         while size - pos >= 2:
             b0 = buf[pos]
             length = buf[pos + 1] & 0x7F
@@ -174,6 +189,7 @@ class RawClient(asyncio.Protocol):
             self.handshake.set_exception(ClosedError("connection lost during handshake"))
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(ClosedError(f"closed (code {self.close_code})"))
+        self._no_open("connection lost before the open packet")
 
     # -- sending ----------------------------------------------------------------
 
@@ -204,7 +220,14 @@ class RawClient(asyncio.Protocol):
     def _fail(self, reason: str) -> None:
         if not self.handshake.done():
             self.handshake.set_exception(ClosedError(reason))
+        self._no_open(reason)
         self.close()
+
+    def _no_open(self, reason: str) -> None:
+        """socket.io: no Engine.IO open packet will come (raised if connect awaits it)."""
+        if self.eio_open is not None and not self.eio_open.done():
+            self.eio_open.set_exception(ClosedError(reason))
+            self.eio_open.exception()  # retrieved: no "never retrieved" warning if unawaited
 
     async def request(self, payload: bytes, reply_type: int, timeout: float) -> dict[str, Any]:
         """Send ``payload`` and wait for the first message of ``reply_type``."""
@@ -228,7 +251,8 @@ class WebsocketsClient(RawClient):
 
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.proto = ClientProtocol(parse_uri(f"ws://{HOST}:{self.port}/ws"), max_size=None)
+        uri = parse_uri(f"ws://{HOST}:{self.port}{self.worker.path}")
+        self.proto = ClientProtocol(uri, max_size=None)
         self.proto.send_request(self.proto.connect())
         self._flush()
 
@@ -243,7 +267,7 @@ class WebsocketsClient(RawClient):
         from websockets.http11 import Response
 
         self.proto.receive_data(data)
-        on_message = self.worker.on_message
+        on_message = self.worker.on_frame
         for event in self.proto.events_received():
             if isinstance(event, Response):
                 if event.status_code != 101:
@@ -304,6 +328,10 @@ class Worker:
         self.step_end = 0
         self.idle = asyncio.Event()
         self.expected = 0
+        self.path = SIO_PATH if protocol == "socketio" else "/ws"
+        self.update_frame = SIO_UPDATE if protocol == "socketio" else UPDATE
+        # What the clients call for each text/binary frame.
+        self.on_frame = self.on_sio_frame if protocol == "socketio" else self.on_message
 
     def note_close(self, code: int, reason: bytes) -> None:
         key = str(code)
@@ -313,8 +341,9 @@ class Worker:
 
     # -- receiving ----------------------------------------------------------------
 
-    def on_message(self, ws: RawClient, data: bytes) -> None:
-        message = loads(data)
+    def on_message(self, ws: RawClient, data: bytes, message: Any = None) -> None:
+        if message is None:
+            message = loads(data)
         kind = message.get("type")
         if kind == 5:
             value = message["payload"]["value"]
@@ -349,11 +378,29 @@ class Worker:
             if waiter is not None and not waiter.done():
                 waiter.set_exception(ClosedError(data[:200].decode(errors="replace")))
 
+    def on_sio_frame(self, ws: RawClient, data: bytes) -> None:
+        """One Engine.IO packet (socket.io mode): events go on to ``on_message``
+        as the decoded StateUpdate; the namespace connect reply counts as type 8."""
+        kind = data[:2]
+        if kind == b"42":  # message + event: ["update", {...}]
+            event = loads(data[2:])
+            self.on_message(ws, data, event[1] if len(event) > 1 else {})
+        elif data[:1] == b"2":  # Engine.IO ping
+            ws.send(b"3" + data[1:])
+        elif kind == b"40":  # namespace connected: the join is done
+            self.on_message(ws, data, {"type": 8})
+        elif data[:1] == b"0":  # Engine.IO open
+            if ws.eio_open is not None and not ws.eio_open.done():
+                ws.eio_open.set_result(None)
+        elif kind in (b"44", b"41") or data[:1] == b"1":  # refused / disconnected / close
+            self.on_message(ws, data, {"type": 9})
+        # anything else (noop "6", acks) is not used by the benchmark
+
     def send_update(self, ws: RawClient, now: int) -> None:
         ws.seq += 1
         ws.sent += 1
         ws.inflight += 1
-        ws.send(UPDATE % (now, self.step, PAD.encode(), ws.seq))
+        ws.send(self.update_frame % (now, self.step, PAD.encode(), ws.seq))
 
     # -- commands -----------------------------------------------------------------
 
@@ -385,6 +432,11 @@ class Worker:
                             await ws.request(auth, 8, timeout)
                             if snapshot:
                                 await ws.request(b'{"type":3,"correlation_id":"s"}', 4, timeout)
+                        elif self.protocol == "socketio":
+                            assert ws.eio_open is not None
+                            await ws.eio_open
+                            join = b'40{"room":"s%d"}' % session
+                            await ws.request(join, 8, timeout)
                         else:
                             await ws.request(orjson.dumps({"room": f"s{session}"}), 8, timeout)
                 except (OSError, ClosedError, TimeoutError) as exc:

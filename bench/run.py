@@ -4,7 +4,8 @@
     python bench/run.py idle     [--sizes 1000,5000,10000]
     python bench/run.py connect  [--clients 2000 --in-flight 50]
     python bench/run.py persist  (fanout on Redis, no-listener acks, two processes)
-    python bench/run.py baseline (fanout/idle/connect vs minimal broadcast servers)
+    python bench/run.py baseline (fanout/idle/connect vs minimal broadcast servers
+                                  and python-socketio)
     python bench/run.py profile  (py-spy of the server: fan-out, connects, Redis acks)
     python bench/run.py client   (which load-generator client is cheapest)
 
@@ -699,6 +700,12 @@ def scenario_idle(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+CONNECT_STEPS = {
+    "syncbridge": "handshake+auth+snapshot",
+    "socketio": "handshake+engine.io open+namespace connect (join)",
+}
+
+
 def connect_on(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     with serve(kind, args) as server:
         protocol = server.protocol
@@ -726,7 +733,7 @@ def connect_on(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         server=kind,
         in_flight=args.in_flight,
         devices_per_session=args.devices,
-        steps="handshake+auth+snapshot" if protocol == "syncbridge" else "handshake+join",
+        steps=CONNECT_STEPS.get(protocol, "handshake+join"),
         server_cpu_util=round(server_cpu / wall, 3),
         client_cpu_util=round(result["client_cpu_s"] / wall, 3),
         server_fds={"idle": fds_idle, "connected": fds_open},

@@ -24,7 +24,7 @@ run() {
 run 120 client                          # load-generator client choice
 # --gc-probe: SyncBridge runs via bench/gcprobe.py (runpy of `syncbridge`, plus one
 # gc.callbacks hook) so each step reports its GC pauses; baselines are untouched.
-run 600 baseline --gc-probe             # fanout 250x4, idle 5k, connect 2000 vs 3 baselines
+run 600 baseline --gc-probe             # fanout 250x4, idle 5k, connect 2000 vs 4 baselines
 run 300 fanout --sessions 1000 --devices 4 --ramp-start 1000 --gc-probe
 run 200 fanout --no-ramp --fixed-rate 3000 --gc-probe   # 250x4 at 3000/s on its own
 run 240 fanout --gc-threshold 700,10,1000000   # experiment: automatic full collections off

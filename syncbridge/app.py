@@ -1,7 +1,8 @@
-"""The ASGI application: routes, WebSocket admission, lifespan and draining.
+"""The application: HTTP routes (ASGI, served by hypercorn), WebSocket admission
+and connections (served by the engine in :mod:`syncbridge.ws`), lifespan, draining.
 
-The lifespan owns the store's background task; hypercorn owns the per-socket
-tasks, each of which runs one :class:`Connection` nursery.
+:meth:`SyncBridgeApp.run` owns the store's background tasks; the server's
+handler nursery owns one task per socket, each running one :class:`Connection`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -22,10 +24,17 @@ from syncbridge.http.admin import AdminRoutes, is_admin_path
 from syncbridge.http.health import health, readiness
 from syncbridge.http.response import send_json
 from syncbridge.hub import Hub
+from syncbridge.limits import AddressRate
 from syncbridge.metrics import Metrics
 from syncbridge.service import SessionService
 from syncbridge.settings import Settings
 from syncbridge.store.base import Store
+from syncbridge.ws.handshake import Refusal, open_websocket
+
+if TYPE_CHECKING:
+    import socket
+
+    from websockets.http11 import Request
 
 __all__ = ["SyncBridgeApp"]
 
@@ -68,12 +77,22 @@ class SyncBridgeApp:
             broker=self.backend.broker,
             authority=TokenAuthority(settings.jwt_secret),
             token_ttl=settings.token_ttl,
+            token_max_lifetime=settings.token_max_lifetime,
+            max_sockets_per_device=settings.max_sockets_per_device,
+            rate_limit=settings.rate_limit,
+            rate_burst=settings.rate_burst,
+            order_timeout=settings.store_timeout + settings.slow_consumer_timeout,
             leave_timeout=settings.cleanup_timeout / 2,
             metrics=self.metrics,
             clock=clock,
         )
         self.admin = AdminRoutes(self, self.service.authority, self.metrics)
         self.connections: dict[int, Connection] = {}
+        self.address_rate = AddressRate(
+            settings.handshake_rate,
+            settings.handshake_burst,
+            exempt=settings.rate_exempt_addresses,
+        )
         self.started_at = time.time()
         self.draining = False
         self._keys = itertools.count(1)
@@ -105,30 +124,24 @@ class SyncBridgeApp:
 
     # -- ASGI -----------------------------------------------------------------
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The lifespan: the store's background tasks, until cancelled."""
+        await self.backend.run(task_status=task_status)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, send)
-        elif kind == "websocket":
-            await self._websocket(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        message = await receive()
-        if message["type"] != "lifespan.startup":
-            return
-        async with trio.open_nursery() as nursery:
-            try:
-                await nursery.start(self.backend.run)
-            except Exception as exc:
-                log.exception("start-up failed")
-                await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                return
-            await send({"type": "lifespan.startup.complete"})
-            message = await receive()  # lifespan.shutdown
-            nursery.cancel_scope.cancel()
-        await send({"type": "lifespan.shutdown.complete"})
+        elif kind == "websocket" and (await receive())["type"] == "websocket.connect":
+            if scope["path"] != WS_PATH:
+                await self._reject(send, 404, f"no WebSocket at {scope['path']}; use {WS_PATH}")
+            else:
+                # Only reachable through hypercorn: a WebSocket upgrade on a kept-alive
+                # HTTP/1.1 connection, or over HTTP/2. /ws is served by the engine on
+                # a connection of its own (what every WebSocket client opens).
+                await self._reject(
+                    send, 400, f"open the WebSocket to {WS_PATH} on a new HTTP/1.1 connection"
+                )
 
     async def admin_asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI app of the private ADMIN_ADDR listener: operator routes and /health."""
@@ -141,7 +154,7 @@ class SyncBridgeApp:
         if scope["type"] != "http":
             return
         if scope["path"] == "/health":
-            status, body = await health(self)
+            status, body = await health(self, scope)
             await send_json(send, status, body)
         else:
             await self.admin.handle(scope, send)
@@ -159,7 +172,7 @@ class SyncBridgeApp:
                 send, 405, {"error": "method not allowed"}, headers=[(b"allow", b"GET")]
             )
         elif path == "/health":
-            status, body = await health(self)
+            status, body = await health(self, scope)
             await send_json(send, status, body)
         elif path == "/health/live":
             await send_json(send, 200, {"status": "alive"})
@@ -181,30 +194,59 @@ class SyncBridgeApp:
         # with a real status and a readable body instead of a bare 403.
         await send_json(_as_websocket_response(send), status, {"error": message})
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (await receive())["type"] != "websocket.connect":
-            return
-        if scope["path"] != WS_PATH:
-            await self._reject(send, 404, f"no WebSocket at {scope['path']}; use {WS_PATH}")
-            return
+    # -- WebSocket ------------------------------------------------------------
+
+    def admit(self, request: Request, address: str) -> Refusal | None:
+        """Whether a WebSocket handshake from ``address`` may proceed: None, or
+        (status, message). Every refusal is counted by reason."""
+        refuse = self.service.refusals.refuse
         if self.draining:
-            await self._reject(send, 503, "server is shutting down; reconnect shortly")
-            return
-        origin = _header(scope, b"origin")
+            refuse("handshake_draining", "WebSocket from %s", address)
+            return 503, "server is shutting down; reconnect shortly"
+        origin = request.headers.get("Origin")
         allowed = self.settings.allowed_origins
         if origin is not None and allowed and origin not in allowed:
-            log.info("refused WebSocket from origin %r", origin)
-            await self._reject(send, 403, "origin not allowed")
+            refuse("handshake_origin", "WebSocket from %s with origin %r", address, origin)
+            return 403, "origin not allowed"
+        if not self.address_rate.allow(address, trio.current_time()):
+            refuse("handshake_address_rate", "WebSocket from %s", address)
+            return 429, "too many connection attempts from this address; retry later"
+        if len(self.connections) >= self.settings.max_connections:
+            refuse("handshake_connection_cap", "WebSocket from %s", address)
+            return 503, "server at its connection limit; reconnect shortly"
+        return None
+
+    async def serve_websocket(
+        self, sock: socket.socket, address: tuple[str, int], head: bytes
+    ) -> None:
+        """Answer the handshake in ``head`` and serve the WebSocket until it closes."""
+        settings = self.settings
+        host = address[0]
+        peer = f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+        opened = None
+        try:
+            with trio.move_on_after(settings.handshake_timeout):
+                opened = await open_websocket(
+                    sock,
+                    head,
+                    peer=peer,
+                    max_message_bytes=settings.max_message_bytes,
+                    deflate=settings.ws_deflate,
+                    admit=partial(self.admit, address=host),
+                )
+        finally:
+            if opened is None:
+                trio.lowlevel.notify_closing(sock)
+                sock.close()
+        if opened is None:
             return
-        await send({"type": "websocket.accept"})
-        client = scope.get("client")
+        transport, _request = opened
         connection = Connection(
             key=next(self._keys),
             service=self.service,
-            settings=self.settings,
-            receive=receive,
-            send=send,
-            client=f"{client[0]}:{client[1]}" if client else "unknown",
+            settings=settings,
+            transport=transport,
+            client=peer,
         )
         if not self.connections:
             self._no_connections = trio.Event()
@@ -227,18 +269,21 @@ class SyncBridgeApp:
         with trio.move_on_after(timeout) as scope:
             await self._no_connections.wait()
         if scope.cancelled_caught:
-            log.warning("%d connections still open after %.1fs", len(self.connections), timeout)
+            # Peers that do not complete the closing handshake (one that stopped
+            # reading, say) must not hold the shutdown: cut them off.
+            log.warning(
+                "%d connections still open after %.1fs: aborting them",
+                len(self.connections),
+                timeout,
+            )
+            for connection in list(self.connections.values()):
+                connection.abort()
+            with trio.move_on_after(self.settings.cleanup_timeout):
+                await self._no_connections.wait()
 
     async def wait_no_connections(self) -> None:
         """Block until no WebSocket connection is open (tests and drain use it)."""
         await self._no_connections.wait()
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
 
 
 def _as_websocket_response(send: Send) -> Send:

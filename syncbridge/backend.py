@@ -58,6 +58,7 @@ class MemoryBackend:
         self.store: Store = store or MemoryStore(
             session_ttl=settings.session_ttl,
             history_size=settings.history_size,
+            history_max_bytes=settings.history_max_bytes,
             max_state_bytes=settings.max_state_bytes,
             max_keys=settings.max_keys,
         )

@@ -12,9 +12,23 @@ from typing import Protocol
 
 import trio
 
-from syncbridge.hub import Hub
+from syncbridge.hub import Hub, Outbox
 
-__all__ = ["Broker", "LocalBroker"]
+__all__ = ["Broker", "LocalBroker", "ReplyTicket"]
+
+
+class ReplyTicket(Protocol):
+    """The place of one writer's ack in its session's event stream (see
+    :meth:`Broker.reply_in_order`)."""
+
+    def abandon(self) -> None:
+        """The change was not applied (or its outcome is unknown): no ack to place."""
+        ...
+
+    async def send(self, version: int, frame: str, outbox: Outbox, *, timeout: float) -> bool:
+        """Queue the ack ``frame`` of ``version`` when the relay reaches that version;
+        False if it did not within ``timeout`` (the writer must resync)."""
+        ...
 
 
 class Broker(Protocol):
@@ -31,6 +45,12 @@ class Broker(Protocol):
     ) -> None:
         """Deliver ``frame`` to the session's connections except the origin connection
         and every connection of ``exclude_device``."""
+        ...
+
+    def reply_in_order(self, session_id: str, origin: int) -> ReplyTicket | None:
+        """For a change connection ``origin`` is about to make: a ticket that places its
+        ack among the session's relayed events in version order, or None when the
+        caller orders it itself (one process: the session lock does)."""
         ...
 
     async def watch(self, session_id: str) -> None:
@@ -70,6 +90,10 @@ class LocalBroker:
             exclude_device=exclude_device,
             timeout=timeout,
         )
+
+    def reply_in_order(self, session_id: str, origin: int) -> ReplyTicket | None:
+        """None: the service sends acks and fans out under the session lock."""
+        return None
 
     async def watch(self, session_id: str) -> None:
         """Nothing to subscribe to."""

@@ -1,49 +1,47 @@
-"""One WebSocket connection: a nursery of a reader and a writer task.
+"""One WebSocket connection: a nursery of a reader, a writer and a heartbeat task.
 
 ::
 
     Connection.run ── nursery
-        ├─ _read_loop   ASGI receive (under the nearest deadline: liveness, auth,
-        │               token expiry → close code) → rate limit → decode → handle;
-        │               on exit: leave the session (unsubscribe, presence, DeviceLeft)
-        └─ _write_loop  outbox (bounded channel) → ASGI send; the only sender of frames
+        ├─ _read_loop    transport.receive → rate limit → decode → handle;
+        │                on exit: leave the session (unsubscribe, presence, DeviceLeft)
+        ├─ _write_loop   writes what the socket did not take at once (the only task
+        │                that waits on the socket for writing; see syncbridge.outbox)
+        └─ _heartbeat    a ping every PING_INTERVAL, first one interval after accept;
+                         owns the deadlines: liveness (4001; any frame, pongs included,
+                         is a sign of life), authentication (4408), token expiry (4401)
 
-When either task ends, the nursery's cancel scope ends the other. The reader
-leaves the session in its ``finally`` as soon as it is cancelled, under a
-shielded, bounded scope: hypercorn shields its socket writes, so a writer stuck
-on a device that stopped reading cannot be cancelled, and the session must not
-wait for it. The close frame is sent in ``run``'s ``finally`` once both ended.
-
-Deadlines live in the reader rather than in a watchdog task of their own: an
-idle connection then costs two tasks, and only the reader ever moves a deadline
-(an Auth is handled by the reader itself).
+When any task ends, the connection's cancel scope ends the others. The closing
+handshake (close frame, flush, wait for the peer's close) and the close log line
+run in ``run``'s ``finally`` under a shielded scope bounded by CLEANUP_TIMEOUT;
+the socket is released at once after it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 
 from syncbridge.auth import Claims
 from syncbridge.errors import CloseCode, RateLimited, RequestError
 from syncbridge.hub import Outbox
+from syncbridge.outbox import SocketOutbox
 from syncbridge.protocol.codec import decode, encode, error_payload
 from syncbridge.protocol.messages import MessageType
 from syncbridge.protocol.session import TokenBucket
 from syncbridge.service import SessionService
 from syncbridge.settings import Settings
+from syncbridge.transport import Transport
 
 __all__ = ["Connection"]
 
 log = logging.getLogger(__name__)
 
-ASGIReceive = Callable[[], Awaitable[dict[str, Any]]]
-ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
-
 _MAX_REASON_BYTES = 123  # RFC 6455 §5.5: control frame payload <= 125, 2 for the code
+# RFC 6455 §7.4.1: 1006 means "closed without a close frame" (never sent on the wire).
+_ABNORMAL = 1006
 
 
 class Connection:
@@ -55,8 +53,7 @@ class Connection:
         key: int,
         service: SessionService,
         settings: Settings,
-        receive: ASGIReceive,
-        send: ASGISend,
+        transport: Transport,
         client: str,
     ) -> None:
         self.key = key
@@ -64,44 +61,61 @@ class Connection:
         self.device_type: str | None = None
         self.device_name: str | None = None
         self.client = client
-        self.close_code: CloseCode | None = None
+        self.close_code: CloseCode | int | None = None
         self.close_reason = ""
         self.peer_close_code: int | None = None
         self._service = service
         self._metrics = service.metrics
         self._settings = settings
-        self._receive = receive
-        self._send = send
+        self._transport = transport
         self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
-        self._refused_in_a_row = 0
+        self._refusals: list[float] = []
         self._opened_at = trio.current_time()
-        self.last_seen = self._opened_at
         self._authorized_until: float | None = None  # Unix seconds
         self._scope = trio.CancelScope()
+        self._timer: trio.CancelScope | None = None
         self._left = False
-        send_channel, self._outbox_receive = trio.open_memory_channel[str](settings.outbox_size)
-        self.outbox = Outbox(
-            send_channel,
+        self.outbox: Outbox = SocketOutbox(
+            transport,
+            max_frames=settings.outbox_size,
+            max_bytes=settings.outbox_bytes,
             # The hub also uses this close when events may have been missed
             # (Redis pub/sub reconnect, feed overflow): either way, resync.
             on_slow=lambda: self.close(
                 CloseCode.SLOW_CONSUMER,
                 "behind (slow consumer or missed events): resync by version",
             ),
+            on_sent=self._metrics.count_sent,
             label=f"connection {key}",
         )
-        self._outbox_send = send_channel
+
+    @property
+    def last_seen(self) -> float:
+        """trio time of the last frame received (or of the accept)."""
+        return self._transport.last_activity
 
     def authorize_until(self, expires_at: int) -> None:
         """Set when the identity expires (each successful Auth moves it)."""
         self._authorized_until = expires_at
+        if self._timer is not None:  # let the heartbeat take the new deadline
+            self._timer.cancel()
+
+    def share_rate_limit(self, bucket: TokenBucket) -> None:
+        """Count this socket's messages against the device's shared bucket."""
+        self._bucket = bucket
 
     def close(self, code: CloseCode, reason: str) -> None:
         """End the connection with ``code``; the first close code given wins."""
-        if self.close_code is None:
+        if self.close_code is None and self.peer_close_code is None:
             self.close_code = code
             self.close_reason = reason
         self._scope.cancel()
+
+    def abort(self) -> None:
+        """Release the socket now, whatever the connection is doing (shutdown past its
+        deadline); its tasks and clean-up end at once."""
+        self.close(CloseCode.GOING_AWAY, "server stopped")
+        self._transport.release()
 
     async def run(self) -> None:
         """Serve the socket until either side closes it."""
@@ -113,9 +127,13 @@ class Connection:
                     # Named so that /debug/tasks counts each kind of task.
                     nursery.start_soon(self._until_done, self._read_loop, name="connection.read")
                     nursery.start_soon(self._until_done, self._write_loop, name="connection.write")
+                    nursery.start_soon(
+                        self._until_done, self._heartbeat, name="connection.heartbeat"
+                    )
         finally:
             with trio.move_on_after(self._settings.cleanup_timeout, shield=True):
                 await self._clean_up()
+            self._transport.release()
 
     async def _until_done(self, task: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -127,44 +145,43 @@ class Connection:
             self._scope.cancel()
 
     async def _leave_session(self) -> None:
-        # Runs when the reader ends and again from _clean_up. Closing the outbox makes
-        # publishers skip this connection instead of waiting for it again;
-        # disconnect() (which also unwatches the session) must run only once.
-        self._outbox_send.close()
+        # Runs when the reader ends and again from _clean_up; disconnect() (which
+        # also unwatches the session) must run only once.
         if self.claims is not None and not self._left:
             self._left = True
             await self._service.disconnect(self)
 
     async def _clean_up(self) -> None:
+        transport = self._transport
         try:
             await self._leave_session()
         finally:
-            if self.peer_close_code is None:
+            if self.close_code is None and self.peer_close_code is None:
+                self.close_code = CloseCode.NORMAL
+            if self.close_code is not None:
                 reason = self.close_reason.encode()[:_MAX_REASON_BYTES].decode(errors="ignore")
-                await self._send(
-                    {
-                        "type": "websocket.close",
-                        "code": int(self.close_code or CloseCode.NORMAL),
-                        "reason": reason,
-                    }
-                )
-            claims = self.claims
-            by = (
-                "client"
-                if self.peer_close_code is not None and self.close_code is None
-                else "server"
-            )
-            code = int(self.close_code) if self.close_code else self.peer_close_code
-            self._metrics.connections_closed.labels(code=str(code), by=by).inc()
-            log.info(
-                "connection %d closed: code=%s reason=%r by=%s session=%s device=%s",
-                self.key,
-                code,
-                self.close_reason,
-                by,
-                claims.session_id if claims else "-",
-                claims.device_id if claims else "-",
-            )
+                transport.send_close(int(self.close_code), reason)
+            self._log_close()
+            # Closing handshake: our close frame (or our echo of the peer's) goes
+            # out, then the peer's close frame or end of stream comes in, so the
+            # peer reads a clean close rather than a reset.
+            await transport.wait_flushed()
+            await transport.wait_peer_closed()
+
+    def _log_close(self) -> None:
+        claims = self.claims
+        by = "server" if self.close_code is not None else "client"
+        code = self.close_code if self.close_code is not None else self.peer_close_code
+        self._metrics.connections_closed.labels(code=str(int(code or _ABNORMAL)), by=by).inc()
+        log.info(
+            "connection %d closed: code=%s reason=%r by=%s session=%s device=%s",
+            self.key,
+            int(code or _ABNORMAL),
+            self.close_reason,
+            by,
+            claims.session_id if claims else "-",
+            claims.device_id if claims else "-",
+        )
 
     async def _read_loop(self) -> None:
         try:
@@ -174,38 +191,41 @@ class Connection:
                 await self._leave_session()
 
     async def _read_until_closed(self) -> None:
-        max_bytes = self._settings.max_message_bytes
+        transport = self._transport
         while True:
-            deadline, code, reason = self._next_deadline()
-            with trio.move_on_at(deadline) as timer:
-                event = await self._receive()
-            if timer.cancelled_caught:
-                self.close(code, reason)
+            message = await transport.receive()
+            if message is None:
+                self._closed_by_transport()
                 return
-            kind = event["type"]
-            if kind == "websocket.disconnect":
-                self.peer_close_code = int(event.get("code", 1005))
-                return
-            if kind != "websocket.receive":
-                continue
-            self.last_seen = trio.current_time()
-            text = event.get("text")
-            data: str | bytes = text if text is not None else (event.get("bytes") or b"")
-            # hypercorn bounds messages in characters; the limit is in bytes.
-            if (
-                len(data) * 4 > max_bytes
-                and len(data.encode() if isinstance(data, str) else data) > max_bytes
-            ):
-                self.close(CloseCode.MESSAGE_TOO_BIG, f"message over {max_bytes} bytes")
-                return
-            await self._on_frame(data)
+            await self._on_frame(message)
+
+    def _closed_by_transport(self) -> None:
+        """Record who closed: the peer (its code), or the protocol on bad input."""
+        transport = self._transport
+        if transport.peer_close_code is not None and self.close_code is None:
+            self.peer_close_code = transport.peer_close_code
+            self.close_reason = transport.peer_close_reason
+        elif transport.sent_close_code is not None and self.close_code is None:
+            # websockets failed the connection: 1009 oversize, 1002 bad framing,
+            # 1007 invalid UTF-8.
+            self.close_code = transport.sent_close_code
+            self.close_reason = transport.sent_close_reason
+        elif self.close_code is None:
+            self.peer_close_code = _ABNORMAL  # end of stream without a close frame
+        self._scope.cancel()
 
     async def _on_frame(self, data: str | bytes) -> None:
-        if not self._bucket.allow(trio.current_time()):
-            self._refused_in_a_row += 1
-            if self._refused_in_a_row >= self._settings.rate_burst:
+        now = trio.current_time()
+        if not self._bucket.allow(now):
+            if self._refused_too_often(now):
+                self._service.refusals.refuse(
+                    "flooding", "connection %d closed 4429 (%s)", self.key, self.client
+                )
                 self.close(CloseCode.FLOODING, "message rate limit exceeded persistently")
                 return
+            self._service.refusals.refuse(
+                "rate_limited", "message on connection %d (%s)", self.key, self.client
+            )
             cid = None
             try:
                 cid = decode(data).correlation_id
@@ -218,7 +238,6 @@ class Connection:
                 )
             )
             return
-        self._refused_in_a_row = 0
         try:
             try:
                 envelope = decode(data)
@@ -233,6 +252,19 @@ class Connection:
         except RequestError as exc:
             await self._answer(exc)
 
+    def _refused_too_often(self, now: float) -> bool:
+        """True once RATE_BURST messages were refused within the last FLOOD_WINDOW.
+
+        A window rather than "in a row": a flooder whose bucket refills one token
+        at a time never makes a long run of refusals, yet is refused almost always.
+        """
+        refusals = self._refusals
+        refusals.append(now)
+        window_start = now - self._settings.flood_window
+        while refusals and refusals[0] < window_start:
+            refusals.pop(0)
+        return len(refusals) >= self._settings.rate_burst
+
     async def _answer(self, exc: RequestError) -> None:
         log.debug("connection %d: %s %s", self.key, exc.error_code, exc.message)
         self._metrics.errors.labels(code=exc.error_code).inc()
@@ -245,17 +277,34 @@ class Connection:
         await self._service.hub.send(self.outbox, frame)
 
     async def _write_loop(self) -> None:
-        async with self._outbox_receive:
-            count_sent = self._metrics.count_sent
-            async for frame in self._outbox_receive:
-                await self._send({"type": "websocket.send", "text": frame})
-                count_sent(frame)
+        await self._transport.write_queued()
+        # The socket broke (reset, or TCP_USER_TIMEOUT on a peer that stopped reading).
+        if self.close_code is None and self.peer_close_code is None:
+            self.peer_close_code = _ABNORMAL
+
+    async def _heartbeat(self) -> None:
+        """Ping every PING_INTERVAL from one interval after accept; enforce deadlines."""
+        interval = self._settings.ping_interval
+        next_ping = self._opened_at + interval
+        while True:
+            deadline, code, reason = self._next_deadline()
+            with trio.CancelScope(deadline=min(deadline, next_ping)) as self._timer:
+                await trio.sleep_forever()
+            self._timer = None
+            now = trio.current_time()
+            deadline, code, reason = self._next_deadline()
+            if now >= deadline:
+                self.close(code, reason)
+                return
+            if now >= next_ping:
+                self._transport.send_ping()
+                next_ping = now + interval
 
     def _next_deadline(self) -> tuple[float, CloseCode, str]:
         """The earliest deadline of liveness, authentication and token expiry."""
         settings = self._settings
         deadline = (
-            self.last_seen + settings.liveness_timeout,
+            self._transport.last_activity + settings.liveness_timeout,
             CloseCode.LIVENESS_TIMEOUT,
             f"no message for {settings.liveness_timeout:g}s",
         )

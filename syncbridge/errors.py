@@ -6,6 +6,7 @@
     ├── ConfigError            bad configuration; start-up stops with one line
     ├── RequestError           a client request that is answered with an Error (6)
     │   ├── InvalidMessage       400 INVALID_MESSAGE (bad JSON, wrong field type, ...)
+    │   │   └── NestingTooDeep     400 NESTING_TOO_DEEP (JSON nested beyond the limit)
     │   ├── UnknownType          400 UNKNOWN_TYPE
     │   ├── NotAuthenticated     403 NOT_AUTHENTICATED ("Not authenticated")
     │   ├── PermissionDenied     403 FORBIDDEN
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigError",
     "InvalidMessage",
     "LimitExceeded",
+    "NestingTooDeep",
     "NotAuthenticated",
     "PermissionDenied",
     "ProtocolViolation",
@@ -106,6 +108,12 @@ class InvalidMessage(RequestError):
 
     status = 400
     error_code = "INVALID_MESSAGE"
+
+
+class NestingTooDeep(InvalidMessage):
+    """A message whose JSON nests deeper than the codec's limit (docs/protocol.md §9)."""
+
+    error_code = "NESTING_TOO_DEEP"
 
 
 class UnknownType(RequestError):

@@ -9,9 +9,9 @@ reconnects and resumes by version, so no message disappears without a trace.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Collection, Iterator
+from typing import Protocol
 
 import trio
 
@@ -20,47 +20,31 @@ __all__ = ["Hub", "Outbox"]
 log = logging.getLogger(__name__)
 
 
-class Outbox:
-    """The bounded queue of encoded frames waiting for one connection's writer."""
+class Outbox(Protocol):
+    """A connection's bounded queue of encoded frames, as the hub sees it."""
 
-    def __init__(
-        self,
-        channel: trio.MemorySendChannel[str],
-        *,
-        on_slow: Callable[[], None],
-        label: str = "",
-    ) -> None:
-        self._channel = channel
-        self._on_slow = on_slow
-        self.label = label
+    label: str
 
     def offer(self, frame: str) -> bool:
-        """Queue ``frame`` if there is room now; False if the outbox is full.
+        """Take ``frame`` if there is room now; False if the outbox is full.
 
         A closed outbox (its connection is going away) swallows the frame:
         that device resumes by version when it reconnects.
         """
-        try:
-            self._channel.send_nowait(frame)
-        except trio.WouldBlock:
-            return False
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return True
-        return True
+        ...
 
     async def wait_send(self, frame: str) -> None:
-        """Queue ``frame``, waiting for room (the caller bounds the wait)."""
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self._channel.send(frame)
+        """Take ``frame``, waiting for room (the caller bounds the wait)."""
+        ...
 
     @property
     def depth(self) -> int:
-        """Frames queued and not yet taken by the writer."""
-        return self._channel.statistics().current_buffer_used
+        """Frames queued and not yet written."""
+        ...
 
     def close_slow(self) -> None:
         """Close the owning connection as a slow consumer."""
-        self._on_slow()
+        ...
 
 
 async def deliver(outboxes: list[Outbox], frame: str, *, timeout: float) -> int:
@@ -127,6 +111,13 @@ class Hub:
             return False
         del self._sessions[session_id]
         return True
+
+    def device_connections(self, session_id: str, device_id: str) -> int:
+        """How many of this process's connections to ``session_id`` are ``device_id``'s."""
+        subscribers = self._sessions.get(session_id)
+        if not subscribers:
+            return 0
+        return sum(1 for device, _box in subscribers.values() if device == device_id)
 
     def outboxes(
         self,

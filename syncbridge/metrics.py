@@ -47,6 +47,19 @@ class Metrics:
         self.auth_failures = Counter(
             "syncbridge_auth_failures", "Refused tokens, by reason", ["reason"], registry=r
         )
+        self.refusals = Counter(
+            "syncbridge_refusals",
+            "Requests refused, or answered with less, by a hardening limit; by reason "
+            "(docs/security.md)",
+            ["reason"],
+            registry=r,
+        )
+        self.resumes = Counter(
+            "syncbridge_resumes",
+            "Resume (15) answers, by mode (changes or snapshot)",
+            ["mode"],
+            registry=r,
+        )
         self.connections_opened = Counter(
             "syncbridge_connections_opened", "WebSocket connections accepted", registry=r
         )
@@ -123,6 +136,10 @@ class Metrics:
         child = self._sent.get(frame[8 : frame.find(",", 8)])
         if child is not None:
             child.inc()
+
+    def count_refusal(self, reason: str) -> None:
+        """Count one refusal (see :class:`syncbridge.refusals.RefusalLog`)."""
+        self.refusals.labels(reason=reason).inc()
 
     def store_operation(self, operation: str) -> _StoreTimer:
         """Time one store call; count it as an error if it raises StoreUnavailable.

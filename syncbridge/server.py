@@ -1,4 +1,18 @@
-"""Serving the app with hypercorn's trio worker; the only module that imports hypercorn."""
+"""Serving the app: one listener, /ws on SyncBridge's engine, HTTP on hypercorn.
+
+The only module that imports hypercorn. Task tree::
+
+    serve ── nursery
+        ├─ app.run               lifespan: store, pub/sub relay, presence upkeep
+        ├─ accept_loop           the listening socket; each connection becomes
+        └─ handlers nursery      one task: read the head, route
+              ├─ /ws   → handshake (websockets' sans-IO protocol) → Connection nursery
+              └─ other → hypercorn's TCPServer (HTTP/1.1; h2c only if configured)
+
+Shutdown: the trigger fires → the app drains (new handshakes get 503, open
+sockets close 1001, up to SHUTDOWN_TIMEOUT) → accepting stops → hypercorn's
+keep-alive connections are told to finish, in-flight requests get a short grace.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +21,39 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import trio
+from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
 
 from syncbridge.app import WS_PATH, SyncBridgeApp
 from syncbridge.settings import Settings
+from syncbridge.ws.listener import accept_loop, read_head, route, without_h2c_upgrade
+from syncbridge.ws.stream import PrefixedStream
 
 __all__ = ["ServerInfo", "hypercorn_config", "open_listener", "serve", "signal_trigger"]
 
 log = logging.getLogger(__name__)
 
+
 # After our own drain has closed every WebSocket, hypercorn only has to finish
 # plain HTTP requests in flight.
 _HYPERCORN_GRACE = 2.0
+_BACKLOG = 2048
 
 
 def open_listener(settings: Settings) -> socket.socket:
     """Bind the public listening socket (raises OSError, e.g. address in use).
 
-    We bind it ourselves rather than let hypercorn do it, to set
-    TCP_USER_TIMEOUT, which accepted sockets inherit: hypercorn shields its
-    socket writes from cancellation, so a peer that stops reading would
-    otherwise hold its connection (and a graceful shutdown) forever. With the
-    option, the kernel aborts such a connection after ``send_stall_timeout``.
+    TCP_USER_TIMEOUT, which accepted sockets inherit, makes the kernel abort a
+    connection whose sent data stays unacknowledged for ``send_stall_timeout``
+    (a peer that vanished or stopped reading): hypercorn shields its socket
+    writes from cancellation, and our writer would otherwise wait on it.
     """
     host = settings.host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -54,17 +76,9 @@ def open_listener(settings: Settings) -> socket.socket:
     return sock
 
 
-def hypercorn_config(settings: Settings, listener: socket.socket) -> Config:
-    """hypercorn's configuration for our settings, serving on ``listener``.
-
-    hypercorn takes over the socket (its file descriptor) from here on.
-    """
+def hypercorn_config(settings: Settings) -> Config:
+    """hypercorn's configuration for the HTTP side of our listener."""
     config = Config()
-    config.bind = [f"fd://{listener.detach()}"]
-    config.websocket_max_message_size = settings.max_message_bytes
-    # hypercorn sends the pings (keeping proxies and NATs open) but never checks
-    # pongs; liveness is enforced by the connection's reader deadline instead.
-    config.websocket_ping_interval = settings.ping_interval
     config.graceful_timeout = _HYPERCORN_GRACE
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -120,41 +134,106 @@ async def serve(
             )
         return
     settings = app.settings
-    config = hypercorn_config(settings, listener or open_listener(settings))
+    sock = listener or open_listener(settings)
+    try:
+        sock.listen(_BACKLOG)
+        sock.setblocking(False)
+        address = sock.getsockname()
+    except BaseException:
+        sock.close()
+        raise
+    host, port = address[0], address[1]
+    bind = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    http = _HttpSide(app, hypercorn_config(settings))
+    try:
+        async with trio.open_nursery() as lifespan:
+            await lifespan.start(app.run)
+            async with trio.open_nursery() as handlers:
+                admin_binds: list[str] = []
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(
+                        accept_loop,
+                        sock,
+                        partial(_handle_connection, app, http),
+                        handlers,
+                        name="server.accept",
+                    )
+                    if settings.admin_addr:
+                        admin_binds = await accepting.start(_serve_admin, app)
+                    task_status.started(ServerInfo([bind], admin_binds))
+                    await shutdown_trigger()
+                    with trio.CancelScope(shield=True):
+                        await app.drain(settings.shutdown_timeout)
+                    accepting.cancel_scope.cancel()
+                await http.terminate()
+                handlers.cancel_scope.deadline = trio.current_time() + _HYPERCORN_GRACE
+            lifespan.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
 
-    async def shut_down() -> None:
-        await shutdown_trigger()
-        with trio.CancelScope(shield=True):
-            await app.drain(settings.shutdown_timeout)
 
-    admin_stop = trio.Event()
+class _HttpSide:
+    """hypercorn serving HTTP connections handed over by the router."""
 
-    async def serve_public(task_status: trio.TaskStatus[list[str]]) -> None:
-        try:
-            await hypercorn_serve(
-                app,  # type: ignore[arg-type]
-                config,
-                shutdown_trigger=shut_down,
-                mode="asgi",
-                task_status=task_status,
-            )
-        finally:
-            admin_stop.set()
+    def __init__(self, app: SyncBridgeApp, config: Config) -> None:
+        self._app = ASGIWrapper(app)  # type: ignore[arg-type]
+        self._config = config
+        self._context = WorkerContext(None)
 
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(serve_public)
-        admin_binds: list[str] = []
-        if settings.admin_addr:
-            admin_binds = await nursery.start(
-                lambda task_status: hypercorn_serve(
-                    app.admin_asgi,  # type: ignore[arg-type]
-                    _admin_config(settings),
-                    shutdown_trigger=admin_stop.wait,
-                    mode="asgi",
-                    task_status=task_status,
-                )
-            )
-        task_status.started(ServerInfo(list(binds), admin_binds))
+    async def serve(self, stream: PrefixedStream) -> None:
+        server = TCPServer(
+            self._app,
+            self._config,
+            self._context,
+            ConnectionState({}),
+            stream,  # type: ignore[arg-type]
+        )
+        await server.run()
+
+    async def terminate(self) -> None:
+        """Tell idle keep-alive connections to close."""
+        await self._context.terminated.set()
+
+
+async def _handle_connection(
+    app: SyncBridgeApp, http: _HttpSide, sock: socket.socket, address: tuple[str, int]
+) -> None:
+    settings = app.settings
+    handed_over = False
+    head: bytes | None = None
+    try:
+        with trio.move_on_after(settings.handshake_timeout):
+            head = await read_head(sock)
+        if not head:  # closed, too slow, or a head over the limit
+            return
+        kind = route(head, WS_PATH)
+        if kind == "websocket":
+            handed_over = True
+            await app.serve_websocket(sock, address, head)
+            return
+        if kind == "h2c" and not settings.http2_cleartext:
+            return  # HTTP/2 without TLS is off: nothing this client can read
+        if not settings.http2_cleartext:
+            head = without_h2c_upgrade(head)
+        handed_over = True
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        await http.serve(PrefixedStream(stream, head))
+    finally:
+        if not handed_over:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
+
+async def _serve_admin(
+    app: SyncBridgeApp, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    await hypercorn_serve(
+        app.admin_asgi,  # type: ignore[arg-type]
+        _admin_config(app.settings),
+        mode="asgi",
+        task_status=task_status,
+    )
 
 
 def _admin_config(settings: Settings) -> Config:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 import trio
@@ -30,6 +30,7 @@ from syncbridge.errors import (
     StoreUnavailable,
 )
 from syncbridge.hub import Hub, Outbox
+from syncbridge.limits import DeviceBuckets
 from syncbridge.metrics import Metrics
 from syncbridge.presence import PresenceStore
 from syncbridge.protocol.codec import encode, error_payload
@@ -42,12 +43,17 @@ from syncbridge.protocol.messages import (
     SnapshotRequest,
     StateUpdateRequest,
 )
-from syncbridge.protocol.session import Snapshot
+from syncbridge.protocol.session import Snapshot, TokenBucket
+from syncbridge.refusals import RefusalLog
+from syncbridge.settings import Settings
 from syncbridge.store.base import Origin, Store
 
-__all__ = ["Peer", "SessionService"]
+__all__ = ["DEFAULT_TOKEN_MAX_LIFETIME", "Peer", "SessionService"]
 
 log = logging.getLogger(__name__)
+
+#: TOKEN_MAX_LIFETIME's default, declared once in settings.py.
+DEFAULT_TOKEN_MAX_LIFETIME: Final = Settings().token_max_lifetime
 
 
 class Peer(Protocol):
@@ -67,6 +73,10 @@ class Peer(Protocol):
         """End the connection with a close code."""
         ...
 
+    def share_rate_limit(self, bucket: TokenBucket) -> None:
+        """From now on, count messages against ``bucket`` (the device's, shared)."""
+        ...
+
 
 class SessionService:
     """The authenticated operations of the v1 protocol."""
@@ -80,8 +90,12 @@ class SessionService:
         broker: Broker,
         authority: TokenAuthority,
         token_ttl: float,
+        token_max_lifetime: float = DEFAULT_TOKEN_MAX_LIFETIME,
         leave_timeout: float = 1.0,
-        max_replay_bytes: int = 1_000_000,
+        max_sockets_per_device: int = 8,
+        rate_limit: float = 100.0,
+        rate_burst: float = 200.0,
+        order_timeout: float = 5.0,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -92,10 +106,20 @@ class SessionService:
         self.broker = broker
         self.authority = authority
         self._token_ttl = token_ttl
+        self._token_max_lifetime = token_max_lifetime
+        self.refusals = RefusalLog(self.metrics.count_refusal)
+        # Refused tokens keep their own counter (syncbridge_auth_failures, by reason).
+        self._auth_refusals = RefusalLog(
+            lambda reason: self.metrics.auth_failures.labels(reason=reason).inc()
+        )
         # DeviceLeft is sent from a closing connection's bounded clean-up, so
         # it may wait for full outboxes only part of that bound.
         self._leave_timeout = leave_timeout
-        self._max_replay_bytes = max_replay_bytes
+        self._max_sockets_per_device = max_sockets_per_device
+        # How long a writer's ack may wait for its turn in the relayed stream (Redis).
+        self._order_timeout = order_timeout
+        # The message rate follows the device across its sockets.
+        self.device_buckets = DeviceBuckets(rate_limit, rate_burst)
         self.clock = clock
         self._last_time = 0
         self._locks: dict[str, trio.Lock] = {}
@@ -146,8 +170,11 @@ class SessionService:
         try:
             claims = self.authority.verify(request.token, now=now)
         except AuthenticationError as exc:
-            log.info("auth refused (%s) for connection %d", exc.reason, peer.key)
-            self.metrics.auth_failures.labels(reason=exc.reason).inc()
+            # The log sample is bounded: a client can send a refused token with
+            # every message.
+            self._auth_refusals.refuse(
+                exc.reason, "token for connection %d: %s", peer.key, exc.message
+            )
             await self._reply(
                 peer, MessageType.AUTH_FAILURE, {"code": 401, "message": exc.message}, cid
             )
@@ -169,6 +196,30 @@ class SessionService:
                 cid,
             )
             return
+        if previous is None:
+            sockets = self.hub.device_connections(claims.session_id, claims.device_id)
+            if sockets >= self._max_sockets_per_device:
+                self.refusals.refuse(
+                    "socket_cap",
+                    "device %s of session %s already has %d sockets (connection %d)",
+                    claims.device_id,
+                    claims.session_id,
+                    sockets,
+                    peer.key,
+                )
+                limit = self._max_sockets_per_device
+                await self._refuse_auth(
+                    peer,
+                    LimitExceeded(
+                        f"this device already has {sockets} open sockets in this session "
+                        f"(limit {limit}); close one first",
+                        status=429,
+                        error_code="TOO_MANY_SOCKETS",
+                        details={"limit_sockets": limit},
+                    ),
+                    cid,
+                )
+                return
         device_type = request.device_type or peer.device_type
         device_name = request.device_name or peer.device_name
         joined = self._broadcast_frame(
@@ -217,25 +268,24 @@ class SessionService:
             raise
         if previous is None:
             self.hub.subscribe(claims.session_id, peer.key, peer.outbox, device_id=claims.device_id)
+            peer.share_rate_limit(self.device_buckets.acquire(claims.session_id, claims.device_id))
         peer.claims = claims
         peer.device_type = device_type
         peer.device_name = device_name
-        new_token, expires_at = self.authority.refresh(claims, ttl=self._token_ttl, now=now)
-        # The socket stays authorised as long as the token it was just handed:
-        # that is what expires_at tells the client (decision 0005).
+        renewed = self._renew(claims, now, peer)
+        # The socket stays authorised as long as the token it was just handed
+        # (decision 0005), or, when none was, as long as the presented one: that
+        # is what expires_at tells the client.
+        expires_at = renewed[1] if renewed else claims.expires_at
         peer.authorize_until(expires_at)
-        await self._reply(
-            peer,
-            MessageType.AUTH_SUCCESS,
-            {
-                "new_token": new_token,
-                "expires_at": expires_at,
-                "device_id": claims.device_id,
-                "session_id": claims.session_id,
-                "user_id": claims.user_id,
-            },
-            cid,
+        success: dict[str, Any] = {"new_token": renewed[0]} if renewed else {}
+        success.update(
+            expires_at=expires_at,
+            device_id=claims.device_id,
+            session_id=claims.session_id,
+            user_id=claims.user_id,
         )
+        await self._reply(peer, MessageType.AUTH_SUCCESS, success, cid)
         if came_online:
             log.info(
                 "device %s joined session %s (connection %d)",
@@ -250,6 +300,25 @@ class SessionService:
         if request.last_version is not None:
             await self._resume(peer, claims, request.last_version, cid)
 
+    def _renew(self, claims: Claims, now: float, peer: Peer) -> tuple[str, int] | None:
+        """The new_token for an accepted Auth, or None when it must not be renewed.
+
+        Operator tokens (admin, metrics, service) are never renewed over /ws: a
+        leaked short-lived operator token must not become a renewable one. Device
+        tokens are renewed up to TOKEN_MAX_LIFETIME after the original sign-in.
+        """
+        if claims.is_operator:
+            self.refusals.refuse(
+                "renewal_operator_role", "no new_token for connection %d", peer.key
+            )
+            return None
+        renewed = self.authority.refresh(
+            claims, ttl=self._token_ttl, now=now, max_lifetime=self._token_max_lifetime
+        )
+        if renewed is None:
+            self.refusals.refuse("renewal_max_lifetime", "no new_token for connection %d", peer.key)
+        return renewed
+
     async def _refuse_auth(self, peer: Peer, exc: RequestError, cid: Any) -> None:
         # Still an answer to Auth (not an Error), so v1 clients waiting for 8 or 9
         # get one; the code says why (429 device limit, 503 store unavailable).
@@ -257,22 +326,27 @@ class SessionService:
         await self._reply(peer, MessageType.AUTH_FAILURE, payload, cid)
 
     async def _resume(self, peer: Peer, claims: Claims, since: int, cid: Any) -> None:
-        """Resume (15): exactly the changes after ``since``, or a snapshot when history
-        no longer reaches back (or the replay would be larger than a snapshot may be)."""
+        """Resume (15): exactly the changes after ``since``, or a snapshot.
+
+        The store decides before reading or decoding anything: a snapshot when
+        its history no longer reaches back to ``since`` or the replay's stored
+        size exceeds its budget (MAX_STATE_BYTES), so one resume of a large
+        history never holds the event loop or the store for long.
+        """
         with self.metrics.store_operation("changes_since"):
             changes = await self.store.changes_since(claims.session_id, since)
         payload: dict[str, Any]
         if changes is not None:
-            described = [c.describe() for c in changes]
-            if len(orjson.dumps(described)) <= self._max_replay_bytes:
-                payload = {
-                    "mode": "changes",
-                    "from_version": since,
-                    "version": changes[-1].version if changes else since,
-                    "changes": described,
-                }
-                await self._reply(peer, MessageType.RESUME, payload, cid)
-                return
+            self.metrics.resumes.labels(mode="changes").inc()
+            payload = {
+                "mode": "changes",
+                "from_version": since,
+                "version": changes[-1].version if changes else since,
+                "changes": [c.describe() for c in changes],
+            }
+            await self._reply(peer, MessageType.RESUME, payload, cid)
+            return
+        self.metrics.resumes.labels(mode="snapshot").inc()
         with self.metrics.store_operation("snapshot"):
             snap = await self.store.snapshot(claims.session_id)
         payload = {
@@ -338,46 +412,62 @@ class SessionService:
     async def _update(self, peer: Peer, request: StateUpdateRequest, cid: Any) -> None:
         claims = self._owned(peer)
         started = time.perf_counter()
-        async with self._session_lock(claims.session_id):
-            with self.metrics.store_operation("apply"):
-                change = await self.store.apply(
+        # On Redis the ack takes its place among the relayed changes (the relay
+        # puts it there); in one process the session lock orders everything.
+        ticket = self.broker.reply_in_order(claims.session_id, peer.key)
+        try:
+            async with self._session_lock(claims.session_id):
+                with self.metrics.store_operation("apply"):
+                    change = await self.store.apply(
+                        claims.session_id,
+                        request.key,
+                        request.value,
+                        request.operation,
+                        Origin(claims.user_id, claims.device_id, peer.key),
+                    )
+                self.metrics.update_store_seconds.observe(time.perf_counter() - started)
+                # Encoded once for the ack and the broadcast: a value can be
+                # hundreds of kilobytes.
+                payload = orjson.Fragment(
+                    orjson.dumps(
+                        {
+                            "key": change.key,
+                            "value": change.value,
+                            "operation": change.operation.value,
+                            "version": change.version,
+                        }
+                    )
+                )
+                log.debug(
+                    "update %s v%d key=%r by %s",
                     claims.session_id,
-                    request.key,
-                    request.value,
-                    request.operation,
-                    Origin(claims.user_id, claims.device_id, peer.key),
+                    change.version,
+                    change.key,
+                    claims.device_id,
                 )
-            self.metrics.update_store_seconds.observe(time.perf_counter() - started)
-            # Encoded once for the ack and the broadcast: a value can be
-            # hundreds of kilobytes.
-            payload = orjson.Fragment(
-                orjson.dumps(
-                    {
-                        "key": change.key,
-                        "value": change.value,
-                        "operation": change.operation.value,
-                        "version": change.version,
-                    }
-                )
+                ack = self._broadcast_frame(claims, MessageType.STATE_UPDATE, payload, cid)
+                if ticket is None:
+                    await self.hub.send(peer.outbox, ack)
+                    if not self.store.publishes:
+                        await self.broker.publish(
+                            claims.session_id,
+                            self._broadcast_frame(claims, MessageType.STATE_UPDATE, payload),
+                            origin=peer.key,
+                        )
+        except BaseException:
+            if ticket is not None:
+                ticket.abandon()
+            raise
+        if ticket is not None and not await ticket.send(
+            change.version, ack, peer.outbox, timeout=self._order_timeout
+        ):
+            # The relay never reached this version (pub/sub lost or far behind):
+            # the device can no longer tell what it has seen; it resyncs.
+            peer.close(
+                CloseCode.SLOW_CONSUMER,
+                "behind (slow consumer or missed events): resync by version",
             )
-            log.debug(
-                "update %s v%d key=%r by %s",
-                claims.session_id,
-                change.version,
-                change.key,
-                claims.device_id,
-            )
-            await self.hub.send(
-                peer.outbox,
-                self._broadcast_frame(claims, MessageType.STATE_UPDATE, payload, cid),
-            )
-            if not self.store.publishes:
-                await self.broker.publish(
-                    claims.session_id,
-                    self._broadcast_frame(claims, MessageType.STATE_UPDATE, payload),
-                    origin=peer.key,
-                )
-            self.metrics.update_seconds.observe(time.perf_counter() - started)
+        self.metrics.update_seconds.observe(time.perf_counter() - started)
 
     async def _device_list(self, peer: Peer, cid: Any) -> None:
         claims = self._owned(peer)
@@ -402,6 +492,7 @@ class SessionService:
         if claims is None:
             return
         self.hub.unsubscribe(claims.session_id, peer.key)
+        self.device_buckets.release(claims.session_id, claims.device_id)
         now = self.now()
         left = self._broadcast_frame(
             claims,

@@ -23,6 +23,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
 from syncbridge.errors import ConfigError
+from syncbridge.protocol.session import DEFAULT_HISTORY_MAX_BYTES
 
 __all__ = [
     "LISTEN_FD_ENV",
@@ -212,6 +213,14 @@ class Settings:
         validator=_positive,
         metadata=_opt("TOKEN_TTL", "lifetime of the new_token issued by AuthSuccess"),
     )
+    token_max_lifetime: float = attrs.field(
+        default=7 * 86400.0,
+        validator=_positive,
+        metadata=_opt(
+            "TOKEN_MAX_LIFETIME",
+            "renewal stops this long after the original sign-in (claim auth_time, else iat)",
+        ),
+    )
     log_level: str = attrs.field(
         default="info",
         validator=_one_of(LOG_LEVELS),
@@ -247,6 +256,14 @@ class Settings:
         validator=_positive,
         metadata=_opt("OUTBOX_SIZE", "messages queued per connection before backpressure"),
     )
+    outbox_bytes: int = attrs.field(
+        default=4 * 1024 * 1024,
+        validator=_positive,
+        metadata=_opt(
+            "OUTBOX_BYTES",
+            "bytes queued per connection before backpressure (one frame always fits)",
+        ),
+    )
     slow_consumer_timeout: float = attrs.field(
         default=5.0,
         validator=_positive,
@@ -262,7 +279,14 @@ class Settings:
     rate_burst: int = attrs.field(
         default=200,
         validator=_positive,
-        metadata=_opt("RATE_BURST", "burst allowance; that many refusals in a row close 4429"),
+        metadata=_opt(
+            "RATE_BURST", "burst allowance; that many refusals within FLOOD_WINDOW close 4429"
+        ),
+    )
+    flood_window: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_opt("FLOOD_WINDOW", "window in which RATE_BURST refusals close a socket (4429)"),
     )
     max_devices_per_session: int = attrs.field(
         default=32,
@@ -283,6 +307,14 @@ class Settings:
         default=1000,
         validator=_positive,
         metadata=_opt("HISTORY_SIZE", "changes kept per session for resume after reconnect"),
+    )
+    history_max_bytes: int = attrs.field(
+        default=DEFAULT_HISTORY_MAX_BYTES,
+        validator=_positive,
+        metadata=_opt(
+            "HISTORY_MAX_BYTES",
+            "encoded bytes of the changes kept per session (oldest dropped first)",
+        ),
     )
     session_ttl: float = attrs.field(
         default=7 * 86400.0,
@@ -313,6 +345,55 @@ class Settings:
         default=2.0,
         validator=_positive,
         metadata=_opt("CLEANUP_TIMEOUT", "bound on a closing connection's clean-up"),
+    )
+    handshake_timeout: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_opt(
+            "HANDSHAKE_TIMEOUT", "a new TCP connection must send its request head within this"
+        ),
+    )
+    max_connections: int = attrs.field(
+        default=20_000,
+        validator=_positive,
+        metadata=_opt(
+            "MAX_CONNECTIONS", "open WebSockets per process; beyond: handshakes refused 503"
+        ),
+    )
+    max_sockets_per_device: int = attrs.field(
+        default=8,
+        validator=_positive,
+        metadata=_opt(
+            "MAX_SOCKETS_PER_DEVICE",
+            "sockets of one device in one session per process (beyond: AuthFailure 429)",
+        ),
+    )
+    handshake_rate: float = attrs.field(
+        default=10.0,
+        validator=_positive,
+        metadata=_opt(
+            "HANDSHAKE_RATE", "WebSocket handshakes per second per client address (beyond: 429)"
+        ),
+    )
+    handshake_burst: int = attrs.field(
+        default=50,
+        validator=_positive,
+        metadata=_opt("HANDSHAKE_BURST", "burst allowance of HANDSHAKE_RATE per address"),
+    )
+    rate_exempt_addresses: tuple[str, ...] = attrs.field(
+        default=("127.0.0.1", "::1"),
+        metadata=_opt(
+            "RATE_EXEMPT_ADDRESSES",
+            "comma-separated client addresses without a handshake rate (a local proxy)",
+        ),
+    )
+    ws_deflate: bool = attrs.field(
+        default=False,
+        metadata=_opt("WS_DEFLATE", "offer permessage-deflate on /ws (costs CPU and memory)"),
+    )
+    http2_cleartext: bool = attrs.field(
+        default=False,
+        metadata=_opt("HTTP2_CLEARTEXT", "serve HTTP/2 without TLS (h2c) on the public port"),
     )
     gc_threshold: int = attrs.field(
         default=50_000,

@@ -41,6 +41,8 @@ class RunningServer:
     app: SyncBridgeApp
     info: ServerInfo
     stop: trio.Event
+    #: Set once ``serve`` has returned (after the drain).
+    stopped: trio.Event = attrs.Factory(trio.Event)
 
     @property
     def url(self) -> str:
@@ -81,10 +83,16 @@ async def start_server(
     """Start a server in ``nursery``; it stops (drains) when ``.stop`` is set."""
     app = SyncBridgeApp(settings or make_settings(), **app_kw)
     stop = trio.Event()
-    info: ServerInfo = await nursery.start(
-        lambda task_status: serve(app, shutdown_trigger=stop.wait, task_status=task_status)
-    )
-    return RunningServer(app=app, info=info, stop=stop)
+    stopped = trio.Event()
+
+    async def run(task_status: trio.TaskStatus[ServerInfo]) -> None:
+        try:
+            await serve(app, shutdown_trigger=stop.wait, task_status=task_status)
+        finally:
+            stopped.set()
+
+    info: ServerInfo = await nursery.start(run)
+    return RunningServer(app=app, info=info, stop=stop, stopped=stopped)
 
 
 @pytest.fixture

@@ -1,16 +1,16 @@
-"""A fake ASGI WebSocket transport on trio memory channels, for connection-level tests.
+"""A fake WebSocket transport on trio memory channels, for connection-level tests.
 
-The test plays the ASGI server: it pushes ``websocket.receive`` /
-``websocket.disconnect`` events for the connection to read, and reads what the
-connection sends. ``send`` can be stalled (a device that stopped reading: the
-socket buffer is full) until :meth:`FakeWebSocket.release`, or made to fail.
-Like hypercorn, sends after the peer disconnected are accepted and dropped, and
-sends are serialised by a lock; ``stall(shielded=True)`` also copies hypercorn's
-shielded socket write, which the app cannot cancel.
+The test plays the peer: it pushes messages (or a close, or a lost connection) for
+the connection to read, and reads what the connection sends. Like the engine's
+socket (:class:`syncbridge.ws.socket.WebSocket`), ``send_text`` delivers at once
+unless something is queued; :meth:`FakeWebSocket.stall` plays a device that stopped
+reading (every frame queues until :meth:`FakeWebSocket.release`), and
+:meth:`FakeWebSocket.fail_sends` a socket that breaks on the next write.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import math
 from typing import Any
@@ -48,73 +48,176 @@ EPOCH = 1_700_000_000  # wall-clock seconds at mock time 0
 
 
 class FakeWebSocket:
-    """Both ends of one accepted WebSocket: ASGI ``receive``/``send`` and the test's side."""
+    """Both ends of one accepted WebSocket: the :class:`~syncbridge.transport.Transport`
+    the connection uses, and the test's (the peer's) side."""
 
     def __init__(self) -> None:
-        self._inbound_send, self._inbound = trio.open_memory_channel[dict[str, Any]](math.inf)
+        self._inbound_send, self._inbound = trio.open_memory_channel[Any](math.inf)
         self._outbound_send, self._outbound = trio.open_memory_channel[dict[str, Any]](math.inf)
-        #: Every event the connection passed to ``send``, in call order (delivered or not).
-        self.calls: list[dict[str, Any]] = []
-        #: Every delivered ``websocket.send`` message, decoded, with its (trio) delivery time.
+        self.peer = "fake:1"
+        self.last_activity = trio.current_time()
+        self.latency: float | None = None
+        self.peer_close_code: int | None = None
+        self.peer_close_reason = ""
+        self.queued_bytes = 0
+        #: Every close frame the connection tried to send, delivered or not.
+        self.closes_sent: list[dict[str, Any]] = []
+        #: Every delivered text message, decoded, with its (trio) delivery time.
         self.received: list[tuple[float, dict[str, Any]]] = []
+        #: trio time of every ping the connection sent.
+        self.pings: list[float] = []
+        #: Whether the fake peer answers pings with pongs (a sign of life); off by
+        #: default, so that "silent" means silent.
+        self.answers_pings = False
         self.close_event: dict[str, Any] | None = None
         self._closed = trio.Event()
-        self._gate: trio.Event | None = None
-        self._shielded = False
-        self._lock = trio.Lock()
-        self._failure: BaseException | None = None
-        self.peer_gone = False
+        self._queue: collections.deque[Any] = collections.deque()
+        self._stalled = False
+        self._changed = trio.Event()
+        self._broken = False
+        self._closing = False
+        self._peer_closed = trio.Event()
+        self.released = False
 
-    # -- the ASGI side (what the connection calls) ----------------------------
+    # -- the Transport side (what the connection calls) -------------------------
 
-    async def receive(self) -> dict[str, Any]:
-        event = await self._inbound.receive()
-        if event["type"] == "websocket.disconnect":
-            self.peer_gone = True
-        return event
+    @property
+    def open(self) -> bool:
+        return not (self._closing or self._broken or self.peer_close_code is not None)
 
-    async def send(self, event: dict[str, Any]) -> None:
-        self.calls.append(event)
-        async with self._lock:
-            with trio.CancelScope(shield=self._shielded):
-                while self._gate is not None:
-                    await self._gate.wait()
-            self._deliver(event)
+    @property
+    def queued_frames(self) -> int:
+        return len(self._queue)
 
-    def _deliver(self, event: dict[str, Any]) -> None:
-        if self.peer_gone or self.close_event is not None:
-            return  # hypercorn drops what an app sends after the socket closed
-        if self._failure is not None and event["type"] == "websocket.send":
-            raise self._failure
-        if event["type"] == "websocket.close":
-            self.close_event = event
-            self._closed.set()
+    @property
+    def sent_close_code(self) -> int | None:
+        return None if not self.closes_sent else int(self.closes_sent[0]["code"])
+
+    @property
+    def sent_close_reason(self) -> str:
+        return "" if not self.closes_sent else str(self.closes_sent[0]["reason"])
+
+    def send_text(self, payload: bytes) -> None:
+        if self.open:
+            self._write(("text", payload))
+
+    def send_ping(self) -> None:
+        if self.open:
+            self.pings.append(trio.current_time())
+            if self.answers_pings:
+                self.last_activity = trio.current_time()
+                self.latency = 0.0
+
+    def send_close(self, code: int, reason: str) -> None:
+        if self.open:
+            self._closing = True
+            event = {"type": "websocket.close", "code": code, "reason": reason}
+            self.closes_sent.append(event)
+            self._write(("close", event))
+
+    def _write(self, item: Any) -> None:
+        if self._broken:
+            return
+        if self._failure is not None:
+            self._break()
+            return
+        if self._stalled or self._queue:
+            self._queue.append(item)
+            self.queued_bytes += len(item[1]) if item[0] == "text" else 2
+            self._wake()
         else:
-            self.received.append((trio.current_time(), orjson.loads(event["text"])))
-        self._outbound_send.send_nowait(event)
+            self._deliver(item)
 
-    # -- controls --------------------------------------------------------------
+    def _deliver(self, item: Any) -> None:
+        kind, value = item
+        if kind == "close":
+            self.close_event = value
+            self._closed.set()
+            self._outbound_send.send_nowait(value)
+        else:
+            message = orjson.loads(value)
+            self.received.append((trio.current_time(), message))
+            self._outbound_send.send_nowait({"type": "websocket.send", "message": message})
 
-    def stall(self, *, shielded: bool = False) -> None:
-        """Make every ``send`` block (a reader that stopped reading) until :meth:`release`.
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
-        ``shielded``: the blocked write ignores cancellation, as in hypercorn.
-        """
-        self._shielded = shielded
-        if self._gate is None:
-            self._gate = trio.Event()
+    def _break(self) -> None:
+        self._broken = True
+        self._queue.clear()
+        self.queued_bytes = 0
+        self._wake()
+
+    async def write_queued(self) -> None:
+        while not self._broken:
+            if self._queue and not self._stalled:
+                await self._flush_queue()
+            else:
+                await self._changed.wait()
+
+    async def _flush_queue(self) -> None:
+        while self._queue and not self._stalled:
+            item = self._queue.popleft()
+            self.queued_bytes -= len(item[1]) if item[0] == "text" else 2
+            self._deliver(item)
+        self._wake()
+        await trio.lowlevel.checkpoint()
+
+    async def wait_room(self) -> None:
+        await self._changed.wait()
+
+    async def wait_flushed(self) -> None:
+        while self._queue and not self._broken:
+            if self._stalled:
+                await self._changed.wait()
+            else:
+                await self._flush_queue()
+
+    async def receive(self) -> str | bytes | None:
+        if self._broken or self.peer_close_code is not None:
+            return None
+        item = await self._inbound.receive()
+        self.last_activity = trio.current_time()
+        if isinstance(item, tuple):
+            kind, code = item
+            self._peer_closed.set()
+            if kind == "close":
+                self.peer_close_code = code
+                self._wake()
+            else:  # connection lost: no close frame
+                self._break()
+            return None
+        return item  # type: ignore[no-any-return]
+
+    async def wait_peer_closed(self) -> None:
+        # The fake peer answers a close frame at once (as a well-behaved client
+        # does) once it could read it; a stalled peer never does.
+        while self._stalled and not self._peer_closed.is_set() and not self._broken:
+            await self._changed.wait()
 
     def release(self) -> None:
-        """Let stalled and later sends through."""
-        gate, self._gate = self._gate, None
-        if gate is not None:
-            gate.set()
+        self.released = True
+        self._break()
+
+    # -- controls ------------------------------------------------------------------
+
+    _failure: BaseException | None = None
+
+    def stall(self) -> None:
+        """The device stops reading: every frame queues until :meth:`release_reader`."""
+        self._stalled = True
+
+    def release_reader(self) -> None:
+        """The device reads again: queued and later frames are delivered."""
+        self._stalled = False
+        self._wake()
 
     def fail_sends(self, exc: BaseException) -> None:
-        """Make each later ``websocket.send`` raise ``exc`` (close frames still go out)."""
+        """The socket breaks on the next write (``exc`` is what send() would raise)."""
         self._failure = exc
 
-    # -- the test's side (what a device would do) -----------------------------
+    # -- the test's side (what a device would do) -----------------------------------
 
     def push(
         self, msg_type: int, payload: Any = None, *, correlation_id: Any = None, **extra: Any
@@ -126,22 +229,19 @@ class FakeWebSocket:
         message.update(extra)
         self.push_text(orjson.dumps(message).decode())
 
-    def push_text(self, text: str) -> None:
-        self.push_event({"type": "websocket.receive", "text": text})
-
-    def push_event(self, event: dict[str, Any]) -> None:
-        """Queue one raw ASGI event for the connection's ``receive``."""
-        self._inbound_send.send_nowait(event)
+    def push_text(self, text: Any) -> None:
+        """Queue one message exactly as given (a str for text, bytes for binary)."""
+        self._inbound_send.send_nowait(text)
 
     def push_disconnect(self, code: int = 1000) -> None:
-        """The peer goes away (close frame received or TCP connection lost)."""
-        self.push_event({"type": "websocket.disconnect", "code": code})
+        """The peer closes with ``code``; 1006 plays a TCP connection lost without a close."""
+        self._inbound_send.send_nowait(("lost" if code == 1006 else "close", code))
 
     async def next_message(self) -> dict[str, Any]:
         """The next message the connection sent; AssertionError on the close frame."""
         event = await self._outbound.receive()
         assert event["type"] == "websocket.send", f"connection closed: {event}"
-        message: dict[str, Any] = orjson.loads(event["text"])
+        message: dict[str, Any] = event["message"]
         return message
 
     async def wait_for(self, msg_type: int) -> dict[str, Any]:
@@ -160,7 +260,7 @@ class FakeWebSocket:
             except trio.WouldBlock:
                 return messages
             if event["type"] == "websocket.send":
-                messages.append(orjson.loads(event["text"]))
+                messages.append(event["message"])
 
     async def wait_closed(self) -> int:
         """Wait for the close frame (without consuming messages); return its code."""
@@ -173,8 +273,8 @@ class FakeWebSocket:
         return self.close_event is not None
 
     def close_calls(self) -> list[dict[str, Any]]:
-        """The ``websocket.close`` events the connection tried to send."""
-        return [e for e in self.calls if e["type"] == "websocket.close"]
+        """The close frames the connection tried to send."""
+        return list(self.closes_sent)
 
     def received_of(self, msg_type: int) -> list[tuple[float, dict[str, Any]]]:
         return [(t, m) for t, m in self.received if m["type"] == msg_type]
@@ -201,8 +301,7 @@ async def start_connection(nursery: trio.Nursery, app: SyncBridgeApp) -> Link:
         key=next(_keys),
         service=app.service,
         settings=app.settings,
-        receive=ws.receive,
-        send=ws.send,
+        transport=ws,
         client="fake:1",
     )
     link = Link(connection=connection, ws=ws, done=trio.Event())

@@ -58,9 +58,9 @@ def test_auth_verify_minimal_token_defaults() -> None:
     assert got.is_admin is False
 
 
-def test_auth_verify_float_exp_accepted() -> None:
-    got = TokenAuthority(SECRET).verify(sign(claims(exp=NOW + 1.5)), now=NOW)
-    assert got.expires_at == NOW + 1
+def test_auth_verify_float_exp_refused() -> None:
+    # Whole seconds only (issue 12, item 5): every time downstream is an exact int.
+    refused(sign(claims(exp=NOW + 1.5)), "claim_range")
 
 
 def test_auth_verify_expired() -> None:
@@ -118,9 +118,13 @@ def test_auth_verify_missing_exp() -> None:
     assert "exp" in refused(sign(IDENTITY), "claims")
 
 
-@pytest.mark.parametrize("exp", ["soon", True, None, [1]])
+@pytest.mark.parametrize("exp", ["soon", True, [1]])
 def test_auth_verify_exp_not_a_number(exp: Any) -> None:
-    refused(sign(claims(exp=exp)), "claims")
+    refused(sign(claims(exp=exp)), "claim_range")
+
+
+def test_auth_verify_null_exp_is_missing() -> None:
+    assert "exp" in refused(sign(claims(exp=None)), "claims")
 
 
 @pytest.mark.parametrize("field", ["user_id", "device_id", "session_id"])
@@ -236,3 +240,109 @@ def test_auth_refresh_new_token_same_identity() -> None:
     assert new_jti != "first"
     again, _ = authority.refresh(new, ttl=3600, now=NOW)
     assert again != new_token
+
+
+# --- hostile claims in correctly signed tokens (issue 12, item 5) -------------------------
+
+
+def sign_raw(payload_json: str) -> str:
+    """A correctly signed HS256 token whose payload is exactly ``payload_json``
+    (JSON that pyjwt's encoder would not produce: NaN, Infinity, 1e400, lone surrogates)."""
+    header = b64({"alg": "HS256", "typ": "JWT"})
+    payload = base64.urlsafe_b64encode(payload_json.encode()).rstrip(b"=").decode()
+    signing_input = f"{header}.{payload}".encode()
+    signature = jwt.algorithms.HMACAlgorithm(jwt.algorithms.HMACAlgorithm.SHA256).sign(
+        signing_input, SECRET.encode()
+    )
+    return f"{header}.{payload}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+IDS = '"user_id":"u1","device_id":"d1","session_id":"s1"'
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf", "auth_time"])
+@pytest.mark.parametrize(
+    "value", ["NaN", "Infinity", "-Infinity", "1e400", "1.5", "true", "-1", "1e20", '"1"']
+)
+def test_auth_verify_time_claims_must_be_whole_seconds_in_range(claim: str, value: str) -> None:
+    exp = value if claim == "exp" else str(NOW + 60)
+    other = "" if claim == "exp" else f',"{claim}":{value}'
+    message = refused(sign_raw(f'{{{IDS},"exp":{exp}{other}}}'), "claim_range")
+    assert claim in message
+
+
+def test_auth_verify_time_claims_accept_integers() -> None:
+    token = sign_raw(f'{{{IDS},"exp":{NOW + 60},"iat":{NOW},"nbf":{NOW},"auth_time":{NOW - 9}}}')
+    got = TokenAuthority(SECRET).verify(token, now=NOW)
+    assert (got.issued_at, got.auth_time, got.signed_in_at) == (NOW, NOW - 9, NOW - 9)
+
+
+def test_auth_verify_not_before_in_the_future_refused() -> None:
+    assert str(NOW + 5) in refused(sign(claims(nbf=NOW + 5)), "not_yet_valid")
+
+
+@pytest.mark.parametrize("field", ["user_id", "device_id", "session_id"])
+@pytest.mark.parametrize(
+    "value", ["\\ud800", "a\\udfffb", "d\\u001fx", "d\\u0000", "tab\\tbed", "del\\u007f", "\\u0085"]
+)
+def test_auth_verify_ids_must_be_printable(field: str, value: str) -> None:
+    # ``value`` is JSON text (escapes included), spliced in as the claim's string.
+    ids = ",".join(
+        f'"{name}":"{value if name == field else original}"' for name, original in IDENTITY.items()
+    )
+    message = refused(sign_raw(f'{{{ids},"exp":{NOW + 60}}}'), "claim_chars")
+    assert field in message
+
+
+def test_auth_verify_printable_unicode_ids_accepted() -> None:
+    got = TokenAuthority(SECRET).verify(sign(claims(device_id="Alice's phone 📱 é")), now=NOW)
+    assert got.device_id == "Alice's phone 📱 é"
+
+
+@pytest.mark.parametrize("roles", [["a\u0000"], ["x" * 65], ["r"] * 33, [""]])
+def test_auth_verify_roles_bounded_and_printable(roles: Any) -> None:
+    refused(sign(claims(roles=roles)), "claim_chars")
+
+
+def test_auth_verify_unprintable_email_dropped() -> None:
+    token = sign_raw(f'{{{IDS},"exp":{NOW + 60},"email":"\\ud800"}}')
+    got = TokenAuthority(SECRET).verify(token, now=NOW)
+    assert got.email is None
+
+
+# --- renewal bounded by the original sign-in (issue 12, item 6) ----------------------------
+
+
+def test_auth_refresh_caps_expiry_at_max_lifetime_and_carries_auth_time() -> None:
+    authority = TokenAuthority(SECRET)
+    first = authority.verify(sign(claims(iat=NOW - 100)), now=NOW)
+    token, expires_at = authority.refresh(first, ttl=3600, now=NOW, max_lifetime=1000) or ("", 0)
+    assert expires_at == NOW - 100 + 1000  # capped: 900 s left, not 3600
+    renewed = authority.verify(token, now=NOW)
+    assert (renewed.auth_time, renewed.issued_at) == (NOW - 100, NOW)
+    # Renewing the renewed token keeps the original sign-in, so the cap holds.
+    again = authority.refresh(renewed, ttl=3600, now=NOW + 800, max_lifetime=1000)
+    assert again is not None
+    assert again[1] == NOW + 900
+    assert authority.refresh(renewed, ttl=3600, now=NOW + 900, max_lifetime=1000) is None
+
+
+def test_auth_refresh_without_iat_starts_the_lifetime_now() -> None:
+    authority = TokenAuthority(SECRET)
+    bare = authority.verify(sign(claims()), now=NOW)
+    token, expires_at = authority.refresh(bare, ttl=60, now=NOW, max_lifetime=1000) or ("", 0)
+    assert expires_at == NOW + 60
+    assert authority.verify(token, now=NOW).auth_time == NOW
+
+
+def test_auth_claims_operator_roles() -> None:
+    def with_roles(*roles: str) -> Claims:
+        return Claims(user_id="u", device_id="d", session_id="s", expires_at=NOW, roles=roles)
+
+    assert [with_roles(r).is_operator for r in ("admin", "metrics", "service", "user")] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert not with_roles().is_operator

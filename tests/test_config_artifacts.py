@@ -22,7 +22,7 @@ def example_lines() -> dict[str, str]:
     """``name -> value text`` of every setting line in the example, commented out or not."""
     found: dict[str, str] = {}
     for line in EXAMPLE.read_text().splitlines():
-        match = re.fullmatch(r"#?\s*([a-z_]+)\s*=\s*(.+)", line.strip())
+        match = re.fullmatch(r"#?\s*([a-z0-9_]+)\s*=\s*(.+)", line.strip())
         if match:
             found[match[1]] = match[2]
     return found

@@ -1,10 +1,12 @@
 """Connection nursery: liveness, auth deadline, token expiry, task lifetimes and clean-up.
 
-Driven over the fake ASGI transport with trio's MockClock (autojump): a 60 s
+Driven over the fake transport (tests/fake_transport.py) with trio's MockClock (autojump): a 60 s
 deadline runs instantly and lands exactly on time.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import trio
@@ -60,6 +62,34 @@ async def test_liveness_heartbeats_every_30s_keep_socket_open(
     with trio.fail_after(61):
         assert await link.ws.wait_closed() == CloseCode.LIVENESS_TIMEOUT
     assert trio.current_time() - last_heartbeat == pytest.approx(60)
+
+
+async def test_heartbeat_first_ping_one_interval_after_accept_then_every_interval(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app(ping_interval=30, liveness_timeout=60)
+    link = await connect(nursery, app, "a")
+    opened = trio.current_time()
+    assert link.ws.pings == []  # never a ping at accept
+    assert await still_open_for(link, 29.9)
+    assert link.ws.pings == []
+    link.ws.answers_pings = True
+    assert await still_open_for(link, 100)
+    assert [t - opened for t in link.ws.pings] == [pytest.approx(30 * n) for n in (1, 2, 3, 4)]
+
+
+async def test_liveness_pongs_keep_a_socket_that_sends_nothing_open(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app(ping_interval=20, liveness_timeout=60)
+    link = await connect(nursery, app, "a")
+    link.ws.answers_pings = True  # any frame is a sign of life, pongs included
+    assert await still_open_for(link, 600)
+    link.ws.answers_pings = False  # now it goes silent for real
+    silent_from = link.ws.last_activity
+    with trio.fail_after(61):
+        assert await link.ws.wait_closed() == CloseCode.LIVENESS_TIMEOUT
+    assert trio.current_time() - silent_from == pytest.approx(60)
 
 
 # -- authentication deadline ---------------------------------------------------------
@@ -184,20 +214,23 @@ async def test_connection_close_reason_truncated_to_control_frame_limit(
     assert close["reason"] == "é" * 61
 
 
-@pytest.mark.parametrize("failing", ["writer", "reader"])
 async def test_connection_internal_error_closes_1011_and_cleans_up(
-    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, failing: str
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = make_app()
     broken = await connect(nursery, app, "a")
     other = await connect(nursery, app, "b")
     await trio.testing.wait_all_tasks_blocked()
     broken.ws.pending()
-    if failing == "writer":
-        broken.ws.fail_sends(OSError("socket exploded"))
-        other.ws.push(MessageType.STATE_UPDATE, {"key": "k", "value": 1})  # fanned out to a
-    else:
-        broken.ws.push_event({"type": "websocket.receive", "text": 42})  # not a frame
+    handle = app.service.handle
+
+    async def handle_or_fail(peer: Any, envelope: Any) -> None:
+        if peer is broken.connection:
+            raise RuntimeError("a bug of ours")
+        await handle(peer, envelope)
+
+    monkeypatch.setattr(app.service, "handle", handle_or_fail)
+    broken.ws.push(MessageType.HEARTBEAT, {})  # the reader fails on it
     with trio.fail_after(1):
         assert await broken.ws.wait_closed() == CloseCode.INTERNAL_ERROR
         await broken.done.wait()
@@ -209,6 +242,28 @@ async def test_connection_internal_error_closes_1011_and_cleans_up(
     assert device is not None
     assert not device.is_online
     assert not other.ws.is_closed
+
+
+async def test_connection_broken_socket_ends_connection_as_1006_and_cleans_up(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app()
+    broken = await connect(nursery, app, "a")
+    other = await connect(nursery, app, "b")
+    await trio.testing.wait_all_tasks_blocked()
+    broken.ws.pending()
+    broken.ws.fail_sends(ConnectionResetError("peer reset"))
+    other.ws.push(MessageType.STATE_UPDATE, {"key": "k", "value": 1})  # fanned out to a
+    with trio.fail_after(1):
+        await broken.done.wait()
+    assert broken.error == []
+    assert broken.connection.peer_close_code == 1006  # the peer went away; not our error
+    assert broken.connection.close_code is None
+    assert broken.ws.close_calls() == []
+    left = await other.ws.wait_for(MessageType.DEVICE_LEFT)
+    assert left["payload"]["device_id"] == "a"
+    assert app.hub.subscriber_count == 1
+    assert broken.ws.released
 
 
 # -- clean-up -----------------------------------------------------------------------------
@@ -271,7 +326,7 @@ async def test_connection_cleanup_bounded_when_close_frame_cannot_be_sent(
 # -- backpressure seen from the connection ----------------------------------------------------
 
 OUTBOX = 4
-FILLING = OUTBOX + 2  # one frame in the stalled send, four in the outbox: the sixth waits
+FILLING = OUTBOX + 1  # four frames queue in the outbox of a stalled device: the fifth waits
 
 
 async def test_backpressure_receiver_gone_mid_fanout_releases_publisher(
@@ -321,7 +376,7 @@ async def test_backpressure_messages_never_reordered_for_a_receiver(
         p1.ws.push(MessageType.STATE_UPDATE, {"key": "k1", "value": f"p1-{i}"})
         p2.ws.push(MessageType.STATE_UPDATE, {"key": "k2", "value": f"p2-{i}"})
     assert await still_open_for(slow, 1)
-    slow.ws.release()
+    slow.ws.release_reader()
     with trio.fail_after(1):
         for _ in range(16):
             await slow.ws.wait_for(MessageType.STATE_UPDATE)
@@ -331,3 +386,70 @@ async def test_backpressure_messages_never_reordered_for_a_receiver(
     assert [v for v, _ in seen if v.startswith("p2")] == [f"p2-{i}" for i in range(8)]
     assert [(v, version) for _, v, version in pushes(fast)] == seen
     assert app.hub.slow_consumers_closed == 0
+
+
+# -- rate limits: flooding window, shared per device, outbox bytes -------------------------
+
+
+async def test_flooding_closes_4429_on_refusals_within_the_window_despite_refills(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    # 10 messages/s with a burst of 20: a client sending 11 every 0.1 s gets one
+    # through per refill, so it never makes 20 refusals "in a row" (the old rule),
+    # yet it is refused ~90 % of the time: 20 refusals within FLOOD_WINDOW close it.
+    app = make_app(rate_limit=10, rate_burst=20, flood_window=10)
+    link = await connect(nursery, app, "a")
+    link.ws.pending()
+    for _ in range(20):  # use up the burst
+        link.ws.push(MessageType.HEARTBEAT, {})
+    await trio.testing.wait_all_tasks_blocked()
+    link.ws.pending()
+    ticks = 0
+    while not link.ws.is_closed:
+        ticks += 1
+        for _ in range(11):
+            link.ws.push(MessageType.HEARTBEAT, {})
+        with trio.move_on_after(0.1):
+            await link.ws.wait_closed()
+    assert link.connection.close_code == CloseCode.FLOODING
+    assert ticks <= 3
+    metrics = app.metrics.render().decode()
+    assert 'syncbridge_refusals_total{reason="flooding"} 1.0' in metrics
+    assert 'syncbridge_refusals_total{reason="rate_limited"}' in metrics
+
+
+async def test_rate_limit_follows_the_device_across_its_sockets(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app(rate_limit=1, rate_burst=10, flood_window=1000)
+    tabs = [await connect(nursery, app, "a") for _ in range(4)]
+    await trio.testing.wait_all_tasks_blocked()
+    for tab in tabs:
+        tab.ws.pending()
+    for tab in tabs:  # 4 sockets x 10 messages at the same instant
+        for _ in range(10):
+            tab.ws.push(MessageType.HEARTBEAT, {})
+    await trio.testing.wait_all_tasks_blocked()
+    replies = [m for tab in tabs for m in tab.ws.pending()]
+    acks = [m for m in replies if m["type"] == MessageType.HEARTBEAT_ACK]
+    refused = [m for m in replies if m["type"] == MessageType.ERROR]
+    assert len(acks) == 10  # one device, one burst: not 4 x 10
+    assert len(refused) == 30
+    assert {m["payload"]["error_code"] for m in refused} == {"RATE_LIMITED"}
+
+
+async def test_outbox_bounded_in_bytes_closes_slow_consumer(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    app = make_app(outbox_size=1000, outbox_bytes=2_000, slow_consumer_timeout=5)
+    pub, stalled = await session_of(nursery, app, "p", "s")
+    stalled.ws.stall()
+    for i in range(6):  # ~600-byte frames: the fourth no longer fits 2 000 bytes
+        pub.ws.push(MessageType.STATE_UPDATE, {"key": "k", "value": f"{i}" * 500})
+    depth = 0
+    with trio.fail_after(5.1):
+        while not stalled.ws.close_calls():
+            depth = max(depth, stalled.connection.outbox.depth)
+            await stalled.ws.wait_room()
+    assert stalled.connection.close_code == CloseCode.SLOW_CONSUMER
+    assert depth == 3  # 3 x ~600 bytes queued; the fourth waited, then the close

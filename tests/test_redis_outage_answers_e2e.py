@@ -7,7 +7,7 @@ import trio
 
 from syncbridge.client import AuthFailed, open_client
 
-from .conftest import make_settings, start_server
+from .conftest import make_settings, mint, start_server
 from .redis_harness import RedisServer
 from .test_admin_e2e import http_get
 
@@ -44,7 +44,9 @@ async def test_health_is_degraded_when_redis_refuses_writes(
         # Redis still answers PING when full; the health probe writes.
         await redis_server.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
         await redis_server.cli("CONFIG", "SET", "maxmemory", "1")
-        status, body = await http_get(server.http, "/health")
+        assert await http_get(server.http, "/health") == (503, b'{"status":"degraded"}')
+        ops = mint(user="ops", device="cli", session="ops", roles=("metrics",))
+        status, body = await http_get(server.http, "/health/details", ops)
         assert status == 503
         assert b'"degraded"' in body
         assert b"OOM" in body

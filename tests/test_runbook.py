@@ -67,7 +67,7 @@ EXPECT: dict[str, str | tuple[str, ...]] = {
     ': "${ADMIN_TOKEN:?': (),
     # Quick diagnostics
     "python -m syncbridge check": CHECK_OK,
-    "curl -s http://localhost:8080/health | jq .": (r'"status": "ok"', r'"backend": "redis"'),
+    "8080/health/details | jq .": (r'"status": "ok"', r'"backend": "redis"'),
     "redis-cli ping": r"^PONG$",
     '"client_time":1}}': r'"type":2,.*"client_time":1\b',
     # Cannot connect
@@ -255,7 +255,7 @@ def test_runbook_settings_table_lists_every_setting() -> None:
         "settings table out of date: python scripts/runbook_check.py --write"
     )
     table = text[text.index(runbook_check.BEGIN) : text.index(runbook_check.END)]
-    rows = re.findall(r"^\| `([A-Z_]+)` \|", table, re.M)
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \|", table, re.M)
     assert rows == [o.metadata["env"] for o in iter_options()] + ["SYNCBRIDGE_CONFIG"]
 
 

@@ -155,14 +155,19 @@ class Client:
     async def authenticate(
         self, token: str, *, device_type: str | None = None, device_name: str | None = None
     ) -> dict[str, Any]:
-        """Authenticate (or refresh); return the AuthSuccess payload and keep ``new_token``."""
+        """Authenticate (or refresh); return the AuthSuccess payload and keep ``new_token``.
+
+        Operator tokens, and device tokens past TOKEN_MAX_LIFETIME, get no
+        ``new_token``: the presented token is kept and must be replaced before
+        ``expires_at``.
+        """
         payload: dict[str, Any] = {"token": token}
         if device_type is not None:
             payload["device_type"] = device_type
         if device_name is not None:
             payload["device_name"] = device_name
         reply = await self.request(MessageType.AUTH, payload)
-        self.token = reply["payload"]["new_token"]
+        self.token = reply["payload"].get("new_token", token)
         return dict(reply["payload"])
 
     async def heartbeat(self, client_time: Any = None) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""Operator routes: /metrics, /debug/tasks, /debug/profile, /admin/sessions, /admin/connections.
+"""Operator routes: /metrics, /health/details, /debug/*, /admin/sessions, /admin/connections.
 
-All of them need a Bearer token: ``/metrics`` one with the ``admin`` or
-``metrics`` role, the rest the ``admin`` role. With ADMIN_ADDR set they are
-served only on that (private) address and the public port answers 404.
+All of them need a Bearer token: ``/metrics`` and ``/health/details`` one with
+the ``admin`` or ``metrics`` role, the rest the ``admin`` role. With ADMIN_ADDR
+set they are served only on that (private) address and the public port answers
+404. Refused requests are counted (auth_failures for bad tokens, refusals for
+missing tokens and roles) and logged through a per-reason budget.
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ from urllib.parse import parse_qs
 import trio
 from pyinstrument import Profiler
 
-from syncbridge.auth import ADMIN_ROLE, Claims, TokenAuthority
+from syncbridge.auth import ADMIN_ROLE, METRICS_ROLE, Claims, TokenAuthority
 from syncbridge.errors import AuthenticationError
+from syncbridge.http.health import health_details
 from syncbridge.http.response import send_json, send_text
 from syncbridge.metrics import CONTENT_TYPE, Metrics
+from syncbridge.refusals import RefusalLog
 
-__all__ = ["ADMIN_PATHS", "AdminRoutes"]
+__all__ = ["ADMIN_PATHS", "HEALTH_DETAILS_PATH", "AdminRoutes"]
 
-METRICS_ROLE: Final = "metrics"
-ADMIN_PATHS: Final = ("/metrics", "/debug/", "/admin/")
+HEALTH_DETAILS_PATH: Final = "/health/details"
+ADMIN_PATHS: Final = ("/metrics", HEALTH_DETAILS_PATH, "/debug/", "/admin/")
+#: Roles that may read operational details (metrics, the full health document).
+_READ_ROLES: Final = (ADMIN_ROLE, METRICS_ROLE)
 _MAX_PROFILE_SECONDS: Final = 60.0
 
 Scope = dict[str, Any]
@@ -33,7 +39,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 def is_admin_path(path: str) -> bool:
     """Whether a path belongs to the operator routes."""
-    return path == "/metrics" or path.startswith(("/debug/", "/admin/"))
+    return path in ("/metrics", HEALTH_DETAILS_PATH) or path.startswith(("/debug/", "/admin/"))
 
 
 def _bearer(scope: Scope) -> str | None:
@@ -70,19 +76,36 @@ class AdminRoutes:
         self._authority = authority
         self._metrics = metrics
         self._profiling = trio.Lock()
+        self._refusals = RefusalLog(metrics.count_refusal)
+        self._auth_refusals = RefusalLog(
+            lambda reason: metrics.auth_failures.labels(reason=reason).inc()
+        )
+
+    def _verify(self, scope: Scope) -> Claims | str:
+        """The claims of the request's Bearer token, or why there are none."""
+        token = _bearer(scope)
+        if token is None:
+            self._refusals.refuse("http_no_token", "%s", scope.get("path"))
+            return "Bearer token required"
+        try:
+            return self._authority.verify(token, now=time.time())
+        except AuthenticationError as exc:
+            self._auth_refusals.refuse(exc.reason, "HTTP %s: %s", scope.get("path"), exc.message)
+            return exc.message
+
+    def is_operator(self, scope: Scope) -> bool:
+        """Whether the request carries a valid token with the admin or metrics role."""
+        claims = self._verify(scope) if _bearer(scope) is not None else None
+        return isinstance(claims, Claims) and not set(_READ_ROLES).isdisjoint(claims.roles)
 
     async def _authorize(self, scope: Scope, send: Send, roles: tuple[str, ...]) -> Claims | None:
-        token = _bearer(scope)
-        headers = [(b"www-authenticate", b'Bearer realm="syncbridge"')]
-        if token is None:
-            await send_json(send, 401, {"error": "Bearer token required"}, headers=headers)
-            return None
-        try:
-            claims = self._authority.verify(token, now=time.time())
-        except AuthenticationError as exc:
-            await send_json(send, 401, {"error": exc.message}, headers=headers)
+        claims = self._verify(scope)
+        if not isinstance(claims, Claims):
+            headers = [(b"www-authenticate", b'Bearer realm="syncbridge"')]
+            await send_json(send, 401, {"error": claims}, headers=headers)
             return None
         if not set(roles) & set(claims.roles):
+            self._refusals.refuse("http_role", "%s needs %s", scope.get("path"), roles)
             await send_json(send, 403, {"error": f"needs the role {' or '.join(roles)}"})
             return None
         return claims
@@ -96,7 +119,8 @@ class AdminRoutes:
             )
             return
         routes = {
-            "/metrics": ((ADMIN_ROLE, METRICS_ROLE), self._metrics_page),
+            "/metrics": (_READ_ROLES, self._metrics_page),
+            HEALTH_DETAILS_PATH: (_READ_ROLES, self._health_details),
             "/debug/tasks": ((ADMIN_ROLE,), self._tasks),
             "/debug/profile": ((ADMIN_ROLE,), self._profile),
             "/admin/sessions": ((ADMIN_ROLE,), self._sessions),
@@ -113,6 +137,10 @@ class AdminRoutes:
     async def _metrics_page(self, _scope: Scope, send: Send) -> None:
         body = self._metrics.render()
         await send_text(send, 200, body, content_type=CONTENT_TYPE.encode())
+
+    async def _health_details(self, _scope: Scope, send: Send) -> None:
+        status, body = await health_details(self._app)
+        await send_json(send, status, body)
 
     async def _tasks(self, scope: Scope, send: Send) -> None:
         tree, counts = task_tree()

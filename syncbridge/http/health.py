@@ -1,4 +1,12 @@
-"""``/health``, ``/health/live`` and ``/health/ready``: what operators and orchestrators poll."""
+"""``/health``, ``/health/live``, ``/health/ready`` and ``/health/details``.
+
+The first three need no token and say only what probes need: the status and
+its HTTP code. Everything else (version, uptime, connection and session counts,
+the store's address, latency and error) describes the deployment to whoever
+asks, so it is served by :func:`health_details` to operator tokens only
+(admin or metrics role): on ``/health/details``, and on ``/health`` itself
+when the caller passes the request's scope with such a token.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +19,19 @@ from syncbridge import __version__
 from syncbridge.errors import StoreUnavailable
 from syncbridge.store.base import Store
 
-__all__ = ["HealthSource", "health", "readiness"]
+__all__ = ["HealthSource", "health", "health_details", "readiness"]
 
 _STORE_PING_TIMEOUT = 2.0
+
+Scope = dict[str, Any]
+
+
+class OperatorCheck(Protocol):
+    """Who may see details: implemented by the operator routes."""
+
+    def is_operator(self, scope: Scope) -> bool:
+        """Whether the request carries a valid token with an operator role."""
+        ...
 
 
 class HealthSource(Protocol):
@@ -22,6 +40,11 @@ class HealthSource(Protocol):
     store: Store
     started_at: float
     draining: bool
+
+    @property
+    def admin(self) -> OperatorCheck:
+        """The operator routes, which verify operator tokens."""
+        ...
 
     @property
     def active_connections(self) -> int:
@@ -54,8 +77,8 @@ async def _store_status(store: Store) -> dict[str, Any]:
     return status
 
 
-async def health(app: HealthSource) -> tuple[int, dict[str, Any]]:
-    """The runbook's health document, and 503 when the store is unreachable."""
+async def health_details(app: HealthSource) -> tuple[int, dict[str, Any]]:
+    """The runbook's full health document (operators only), 503 when the store is down."""
     store = await _store_status(app.store)
     healthy = store["status"] == "ok"
     status = "draining" if app.draining else ("ok" if healthy else "degraded")
@@ -71,9 +94,20 @@ async def health(app: HealthSource) -> tuple[int, dict[str, Any]]:
     return (200 if healthy else 503), body
 
 
+async def health(app: HealthSource, scope: Scope | None = None) -> tuple[int, dict[str, Any]]:
+    """``/health``: the status alone (``ok``, ``degraded`` with 503, ``draining``).
+
+    With the request's ``scope`` carrying an operator token, the full document.
+    """
+    if scope is not None and app.admin.is_operator(scope):
+        return await health_details(app)
+    status, body = await health_details(app)
+    return status, {"status": body["status"]}
+
+
 async def readiness(app: HealthSource) -> tuple[int, dict[str, Any]]:
     """Ready to take traffic: the store answers and the server is not draining."""
     store = await _store_status(app.store)
     ready = store["status"] == "ok" and not app.draining
-    body = {"status": "ready" if ready else "not ready", "draining": app.draining, "store": store}
+    body = {"status": "ready" if ready else "not ready", "draining": app.draining}
     return (200 if ready else 503), body

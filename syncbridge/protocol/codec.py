@@ -13,7 +13,7 @@ import cattrs
 import orjson
 from cattrs.preconf.orjson import make_converter
 
-from syncbridge.errors import InvalidMessage, UnknownType
+from syncbridge.errors import InvalidMessage, NestingTooDeep, UnknownType
 from syncbridge.protocol.messages import (
     CLIENT_TYPES,
     Envelope,
@@ -23,9 +23,16 @@ from syncbridge.protocol.messages import (
     Request,
 )
 
-__all__ = ["converter", "decode", "encode", "error_payload"]
+__all__ = ["MAX_NESTING_DEPTH", "converter", "decode", "encode", "error_payload", "nesting_exceeds"]
 
 converter: Final = make_converter(forbid_extra_keys=False)
+
+#: Deepest nesting of objects and arrays in one inbound message, the message
+#: object itself being level 1. orjson refuses to encode beyond 254 levels, so
+#: anything accepted deeper could never be echoed, acknowledged, broadcast or
+#: replayed; 64 leaves room for the envelopes a value is served back in
+#: (a Resume nests a value 4 levels down) and is far beyond any real state.
+MAX_NESTING_DEPTH: Final = 64
 
 
 def _strict_str(value: Any, _type: Any) -> str:
@@ -90,19 +97,63 @@ def _problem_field(exc: cattrs.BaseValidationError, problems: list[str]) -> str:
     return problems[0].rpartition(" @ ")[2] if problems else "payload"
 
 
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether objects and arrays in ``value`` nest deeper than ``limit`` levels.
+
+    ``value`` itself is level 1. Iterative, so a hostile depth costs no Python
+    recursion; stops at the first container found too deep.
+    """
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def _too_deep(cid: Any) -> NestingTooDeep:
+    return NestingTooDeep(
+        f"message nests objects/arrays deeper than {MAX_NESTING_DEPTH} levels",
+        details={"limit_depth": MAX_NESTING_DEPTH},
+        # The correlation id is echoed only if it can itself be encoded back.
+        correlation_id=None if nesting_exceeds([cid], MAX_NESTING_DEPTH) else cid,
+    )
+
+
+def _could_be_too_deep(frame: str | bytes) -> bool:
+    # Cheap pre-check on the raw text: fewer opening brackets than the limit
+    # (brackets inside strings only add to the count) cannot nest too deep.
+    if isinstance(frame, str):
+        return frame.count("{") + frame.count("[") > MAX_NESTING_DEPTH
+    return frame.count(b"{") + frame.count(b"[") > MAX_NESTING_DEPTH
+
+
 def decode(frame: str | bytes) -> Envelope:
     """Parse and validate one inbound frame.
 
-    Raises :class:`InvalidMessage` or :class:`UnknownType`, carrying the
-    message's correlation id when it could be read, so the reply can echo it.
+    Raises :class:`InvalidMessage` (or its :class:`NestingTooDeep`) or
+    :class:`UnknownType`, carrying the message's correlation id when it could
+    be read, so the reply can echo it.
     """
     try:
         message = orjson.loads(frame)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):  # orjson's own cap, 1024 levels
+            raise _too_deep(None) from None
         raise InvalidMessage(f"invalid JSON: {exc}") from None
     if not isinstance(message, dict):
+        if _could_be_too_deep(frame) and nesting_exceeds(message, MAX_NESTING_DEPTH):
+            raise _too_deep(None)
         raise InvalidMessage(f"a message must be a JSON object, got {_json_type(message)}")
     cid = _correlation_id(message)
+    # Checked before anything else: nothing deeper may be stored, echoed or
+    # logged, since it could not be encoded again (issue 12, item 4).
+    if _could_be_too_deep(frame) and nesting_exceeds(message, MAX_NESTING_DEPTH):
+        raise _too_deep(cid)
 
     raw_type = message.get("type")
     if raw_type is None:

@@ -7,7 +7,8 @@ wall-clock facts, any monotonic float for the rate limiter).
 from __future__ import annotations
 
 import collections
-from typing import Any
+import itertools
+from typing import Any, Final
 
 import attrs
 import orjson
@@ -15,7 +16,17 @@ import orjson
 from syncbridge.errors import LimitExceeded
 from syncbridge.protocol.messages import Operation
 
-__all__ = ["Change", "SessionState", "Snapshot", "TokenBucket", "change_from_record"]
+__all__ = [
+    "DEFAULT_HISTORY_MAX_BYTES",
+    "Change",
+    "SessionState",
+    "Snapshot",
+    "TokenBucket",
+    "change_from_record",
+]
+
+#: HISTORY_MAX_BYTES's default (settings.py declares the setting).
+DEFAULT_HISTORY_MAX_BYTES: Final = 1_000_000
 
 
 @attrs.frozen(kw_only=True)
@@ -71,8 +82,10 @@ class SessionState:
     """The authoritative state of one session, with a capped history of changes.
 
     ``apply`` is the single place where versions are assigned: +1 per accepted
-    change, never reused. History keeps the last ``history_size`` changes so a
-    reconnecting client can be sent exactly what it missed.
+    change, never reused. History keeps the last ``history_size`` changes, and
+    no more than ``history_max_bytes`` of encoded records (oldest dropped
+    first), so a reconnecting client can be sent exactly what it missed while a
+    session's memory stays bounded whatever the size of its values.
 
     Values and history records are held as encoded JSON (``bytes``), not as
     Python objects: bytes are invisible to the cyclic garbage collector, whose
@@ -83,15 +96,14 @@ class SessionState:
 
     session_id: str
     history_size: int
+    history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
     version: int = 0
     created_at: int | None = None
     updated_at: int | None = None
     total_bytes: int = 0
+    history_bytes: int = attrs.field(init=False, default=0)
     _values: dict[str, bytes] = attrs.field(factory=dict, alias="_values")
-    _records: collections.deque[bytes] = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self._records = collections.deque(maxlen=self.history_size)
+    _records: collections.deque[bytes] = attrs.field(init=False, factory=collections.deque)
 
     @property
     def data(self) -> dict[str, Any]:
@@ -151,7 +163,7 @@ class SessionState:
         if self.created_at is None:
             self.created_at = now
         self.updated_at = now
-        self._records.append(
+        self._remember(
             orjson.dumps(
                 {
                     "version": self.version,
@@ -174,6 +186,15 @@ class SessionState:
             device_id=device_id,
         )
 
+    def _remember(self, record: bytes) -> None:
+        self._records.append(record)
+        self.history_bytes += len(record)
+        records = self._records
+        while records and (
+            len(records) > self.history_size or self.history_bytes > self.history_max_bytes
+        ):
+            self.history_bytes -= len(records.popleft())
+
     def snapshot(self) -> Snapshot:
         """A copy of the state that later changes do not alter."""
         return Snapshot(
@@ -184,24 +205,34 @@ class SessionState:
             updated_at=self.updated_at,
         )
 
-    def changes_since(self, version: int) -> list[Change] | None:
-        """The changes after ``version`` in order, or None when history no longer reaches.
+    def changes_since(self, version: int, max_bytes: int | None = None) -> list[Change] | None:
+        """The changes after ``version`` in order, or None when a snapshot is needed.
 
-        A ``version`` beyond the current one is also None: the client holds state
-        this session never had (e.g. it expired and started again), so it must
-        take a snapshot rather than believe it is up to date.
+        None when history no longer reaches back to ``version``, or when the
+        records to replay take more than ``max_bytes``: both are decided from
+        the kept records' lengths, before any record is decoded. A ``version``
+        beyond the current one is also None: the client holds state this
+        session never had (e.g. it expired and started again), so it must take
+        a snapshot rather than believe it is up to date.
         """
         if version == self.version:
             return []
         if version > self.version:
             return None
-        # Versions are consecutive and each one has a record, so the oldest
+        # Versions are consecutive and each kept one has a record, so the oldest
         # kept record is the current version minus the records kept, plus one.
         oldest = self.version - len(self._records) + 1
         if not self._records or oldest > version + 1:
             return None
-        skip = version + 1 - oldest
-        return [_change(raw) for i, raw in enumerate(self._records) if i >= skip]
+        count = self.version - version
+        if max_bytes is not None and self.history_bytes > max_bytes:
+            size = 0
+            for record in itertools.islice(reversed(self._records), count):
+                size += len(record)
+                if size > max_bytes:
+                    return None
+        skip = len(self._records) - count
+        return [_change(raw) for raw in itertools.islice(self._records, skip, None)]
 
 
 def change_from_record(record: dict[str, Any]) -> Change:

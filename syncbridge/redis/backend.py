@@ -40,6 +40,7 @@ class RedisBackend:
             publish_command=self.broker.publish_command,
             session_ttl=settings.session_ttl,
             history_size=settings.history_size,
+            history_max_bytes=settings.history_max_bytes,
             max_state_bytes=settings.max_state_bytes,
             max_keys=settings.max_keys,
             timeout=settings.store_timeout,

@@ -26,8 +26,10 @@ import coredis
 import orjson
 import trio
 
+from syncbridge.broker import ReplyTicket
 from syncbridge.hub import Hub
 from syncbridge.redis.connection import STORE_FAILURES, Keys, RedisClient, call
+from syncbridge.redis.ordering import AckOrder
 
 __all__ = ["RedisBroker"]
 
@@ -36,7 +38,8 @@ log = logging.getLogger(__name__)
 _BACKOFF_FIRST: Final = 0.1
 _BACKOFF_MAX: Final = 5.0
 
-Event = tuple[tuple[int, ...], str | None, str]
+# (connections to skip, device to skip, frame, version of a StateUpdate or None)
+Event = tuple[tuple[int, ...], str | None, str, int | None]
 
 
 class RedisBroker:
@@ -69,6 +72,11 @@ class RedisBroker:
         self.connected = trio.Event()
         self.reconnects = 0
         self._backoff = _BACKOFF_FIRST
+        self.acks = AckOrder(hub, timeout=timeout)
+
+    def reply_in_order(self, session_id: str, origin: int) -> ReplyTicket | None:
+        """A ticket whose ack this process's relay places at its version's turn."""
+        return self.acks.ticket(session_id, origin)
 
     @property
     def publish_command(self) -> str:
@@ -160,7 +168,10 @@ class RedisBroker:
 
     async def _deliver(self, session_id: str, feed: trio.MemoryReceiveChannel[Event]) -> None:
         async with feed:
-            async for exclude, exclude_device, frame in feed:
+            async for exclude, exclude_device, frame, version in feed:
+                if exclude and version is not None:
+                    # A change written here: its writer's ack goes out now, in order.
+                    await self.acks.place(session_id, exclude[0], version)
                 await self._hub.publish(
                     session_id, frame, exclude=exclude, exclude_device=exclude_device
                 )
@@ -182,9 +193,10 @@ class RedisBroker:
             return
         if rest and self._on_lag is not None:
             self._on_lag(max(0.0, time.time() - rest[0] / 1000))
+        version = rest[1] if len(rest) > 1 and isinstance(rest[1], int) else None
         exclude = (origin,) if process == self.process_id and origin is not None else ()
         try:
-            feed.send_nowait((exclude, exclude_device, frame))
+            feed.send_nowait((exclude, exclude_device, frame, version))
         except trio.WouldBlock:
             closed = self._hub.close_session(session_id)
             log.warning(

@@ -67,6 +67,11 @@ class RedisPresence:
         self._reap = client.register_script(scripts.PRESENCE_REAP)
 
     def _member(self, device_id: str, connection: int) -> str:
+        # The scripts split a member at its first separator, so an id holding one
+        # would count as another device. Token verification refuses such ids
+        # (they are not printable); reaching here with one is our bug.
+        if _SEPARATOR in device_id:
+            raise RuntimeError(f"device id {device_id!r} holds the presence separator")
         return f"{device_id}{_SEPARATOR}{self._process_id}:{connection}"
 
     def _now_ms(self) -> int:

@@ -14,10 +14,12 @@ __all__ = ["APPLY", "CHANGES", "PRESENCE_JOIN", "PRESENCE_LEAVE", "PRESENCE_REAP
 #: KEYS: state, meta, history.
 #: ARGV: field, op (SET|DELETE), value JSON, now (s), ttl (ms), history size,
 #:       max bytes, max keys, channel, envelope tail JSON, origin header,
-#:       user_id, device_id, publish command (PUBLISH|SPUBLISH).
+#:       user_id, device_id, publish command (PUBLISH|SPUBLISH), history max bytes.
 #: Returns {"OK", version, created_at} or {error code, detail}.
 #: The state size counts bytes exactly as the memory store does:
-#: len(key) + len(JSON value).
+#: len(key) + len(JSON value). The history is bounded like the memory store's:
+#: at most `history size` records and `history max bytes` bytes of them, oldest
+#: dropped first; meta's `history_bytes` keeps the sum so nothing is re-measured.
 APPLY: Final = """
 local state, meta, history = KEYS[1], KEYS[2], KEYS[3]
 local field, op, value = ARGV[1], ARGV[2], ARGV[3]
@@ -49,14 +51,31 @@ local key_json = cjson.encode(field)
 local record = '{"version":' .. version .. ',"key":' .. key_json .. ',"value":' .. value ..
   ',"operation":"' .. op .. '","at":' .. now .. ',"user_id":' .. cjson.encode(ARGV[12]) ..
   ',"device_id":' .. cjson.encode(ARGV[13]) .. '}'
+local hbytes = redis.call('HGET', meta, 'history_bytes')
+if not hbytes then
+  -- A history kept before it was measured in bytes may be huge: drop it once
+  -- (resumes from before it get a snapshot) rather than measure it here;
+  -- UNLINK frees its memory off Redis's main thread.
+  redis.call('UNLINK', history)
+  hbytes = 0
+end
 redis.call('RPUSH', history, record)
-redis.call('LTRIM', history, -tonumber(ARGV[6]), -1)
+hbytes = tonumber(hbytes) + #record
+local keep, max_hbytes = tonumber(ARGV[6]), tonumber(ARGV[15])
+local kept = redis.call('LLEN', history)
+while kept > 0 and (kept > keep or hbytes > max_hbytes) do
+  hbytes = hbytes - #redis.call('LPOP', history)
+  kept = kept - 1
+end
+redis.call('HSET', meta, 'history_bytes', hbytes)
 redis.call('PEXPIRE', state, ttl)
 redis.call('PEXPIRE', meta, ttl)
 redis.call('PEXPIRE', history, ttl)
 local frame = '{"type":5,"timestamp":' .. now .. ',"payload":{"key":' .. key_json ..
   ',"value":' .. value .. ',"operation":"' .. op .. '","version":' .. version .. '}' .. ARGV[10]
-redis.call(ARGV[14], ARGV[9], ARGV[11] .. frame)
+-- The routing header (ARGV[11], a JSON array and a newline) gains the version, so
+-- the writer's relay can place the writer's ack at this version's turn.
+redis.call(ARGV[14], ARGV[9], string.sub(ARGV[11], 1, -3) .. ',' .. version .. ']\\n' .. frame)
 return {'OK', version, redis.call('HGET', meta, 'created_at')}
 """
 
@@ -66,9 +85,32 @@ return {redis.call('HGETALL', KEYS[1]),
         redis.call('HMGET', KEYS[2], 'version', 'created_at', 'updated_at')}
 """
 
-#: KEYS: meta, history. Returns {version or false, history records (JSON)}.
+#: KEYS: meta, history. ARGV: since (version), max replay bytes.
+#: Returns {"CHANGES", record, ...} (the records after `since`, oldest first) or
+#: {"SNAPSHOT"} when the history does not reach back to `since`, `since` is
+#: ahead of the session, or the records to replay exceed max replay bytes. The
+#: decision is made here, so a replay over budget never leaves Redis; measuring
+#: stops at the first record that breaks the budget.
 CHANGES: Final = """
-return {redis.call('HGET', KEYS[1], 'version'), redis.call('LRANGE', KEYS[2], 0, -1)}
+local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+local since, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
+if since == version then return {'CHANGES'} end
+local kept = redis.call('LLEN', KEYS[2])
+-- versions are consecutive and each kept one has a record, newest last
+if since > version or kept == 0 or version - kept + 1 > since + 1 then return {'SNAPSHOT'} end
+local count = version - since
+-- -1: a history kept before it was measured (see APPLY): measure it here
+local hbytes = tonumber(redis.call('HGET', KEYS[1], 'history_bytes') or '-1')
+if hbytes < 0 or hbytes > budget then
+  local size = 0
+  for i = 1, count do
+    size = size + #redis.call('LINDEX', KEYS[2], -i)
+    if size > budget then return {'SNAPSHOT'} end
+  end
+end
+local reply = redis.call('LRANGE', KEYS[2], -count, -1)
+table.insert(reply, 1, 'CHANGES')
+return reply
 """
 
 # Presence: a sorted set of "<device_id>\\x1f<connection id>" scored by expiry

@@ -12,7 +12,12 @@ import trio
 
 from syncbridge.errors import LimitExceeded
 from syncbridge.protocol.messages import Operation
-from syncbridge.protocol.session import Change, Snapshot, change_from_record
+from syncbridge.protocol.session import (
+    DEFAULT_HISTORY_MAX_BYTES,
+    Change,
+    Snapshot,
+    change_from_record,
+)
 from syncbridge.redis import scripts
 from syncbridge.redis.connection import Keys, RedisClient, call
 from syncbridge.store.base import Origin
@@ -46,6 +51,8 @@ class RedisStore:
         max_state_bytes: int,
         max_keys: int,
         timeout: float,
+        history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES,
+        max_replay_bytes: int | None = None,
         target: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -56,6 +63,9 @@ class RedisStore:
         self._publish = publish_command
         self._ttl_ms = int(session_ttl * 1000)
         self._history_size = history_size
+        self._history_max_bytes = history_max_bytes
+        # A replay larger than a snapshot may be is answered with the snapshot.
+        self._max_replay_bytes = max_state_bytes if max_replay_bytes is None else max_replay_bytes
         self._max_state_bytes = max_state_bytes
         self._max_keys = max_keys
         self._timeout = timeout
@@ -105,6 +115,7 @@ class RedisStore:
                     origin.user_id if origin else "",
                     origin.device_id if origin else "",
                     self._publish,
+                    self._history_max_bytes,
                 ],
             ),
         )
@@ -154,23 +165,25 @@ class RedisStore:
         )
 
     async def changes_since(self, session_id: str, version: int) -> list[Change] | None:
-        """The changes after ``version`` from the capped history, or None."""
+        """The changes after ``version``, or None (snapshot), decided inside Redis.
+
+        The script returns no records when the history does not reach back or
+        the replay is over budget, so only a replay within MAX_STATE_BYTES is
+        ever read and decoded.
+        """
         keys = Keys(session_id)
-        result: Any = await call(
+        reply: Any = await call(
             "history",
             self._timeout,
-            lambda: self._changes(keys=[keys.meta, keys.history], readonly=True),
+            lambda: self._changes(
+                keys=[keys.meta, keys.history],
+                args=[version, self._max_replay_bytes],
+                readonly=True,
+            ),
         )
-        current, records = result
-        now_version = _int(current) or 0
-        if version == now_version:
-            return []
-        if version > now_version:
-            return None  # the session restarted (expired): the client must take a snapshot
-        changes = [change_from_record(orjson.loads(r)) for r in records]
-        if not changes or changes[0].version > version + 1:
+        if reply[0] != b"CHANGES":
             return None
-        return [c for c in changes if c.version > version]
+        return [change_from_record(orjson.loads(r)) for r in reply[1:]]
 
     async def ping(self) -> float:
         """Round-trip time of a small write, so that a Redis refusing writes (OOM,

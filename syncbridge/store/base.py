@@ -53,7 +53,12 @@ class Store(Protocol):
         ...
 
     async def changes_since(self, session_id: str, version: int) -> list[Change] | None:
-        """Changes after ``version`` in order, or None when history no longer reaches."""
+        """Changes after ``version`` in order, or None when the client needs a snapshot.
+
+        None when history no longer reaches back to ``version``, or when the
+        replay's stored size exceeds the store's replay budget (MAX_STATE_BYTES):
+        decided from stored lengths before reading or decoding the records.
+        """
         ...
 
     async def ping(self) -> float:

@@ -9,7 +9,12 @@ from typing import Any
 import trio
 
 from syncbridge.protocol.messages import Operation
-from syncbridge.protocol.session import Change, SessionState, Snapshot
+from syncbridge.protocol.session import (
+    DEFAULT_HISTORY_MAX_BYTES,
+    Change,
+    SessionState,
+    Snapshot,
+)
 from syncbridge.store.base import Origin
 
 __all__ = ["MemoryStore"]
@@ -33,6 +38,8 @@ class MemoryStore:
         history_size: int,
         max_state_bytes: int,
         max_keys: int,
+        history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES,
+        max_replay_bytes: int | None = None,
         sweep_interval: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -40,6 +47,9 @@ class MemoryStore:
         self._expires: dict[str, float] = {}
         self._ttl = session_ttl
         self._history_size = history_size
+        self._history_max_bytes = history_max_bytes
+        # A replay larger than a snapshot may be is answered with the snapshot.
+        self._max_replay_bytes = max_state_bytes if max_replay_bytes is None else max_replay_bytes
         self._max_state_bytes = max_state_bytes
         self._max_keys = max_keys
         self._sweep_interval = sweep_interval
@@ -78,7 +88,11 @@ class MemoryStore:
         now = self._clock()
         state = self._live(session_id)
         if state is None:
-            state = SessionState(session_id=session_id, history_size=self._history_size)
+            state = SessionState(
+                session_id=session_id,
+                history_size=self._history_size,
+                history_max_bytes=self._history_max_bytes,
+            )
         change = state.apply(
             key,
             value,
@@ -99,12 +113,13 @@ class MemoryStore:
         return change
 
     async def changes_since(self, session_id: str, version: int) -> list[Change] | None:
-        """Changes after ``version`` from the capped in-memory history."""
+        """Changes after ``version`` from the capped in-memory history, or None when
+        it does not reach back or the replay is over the budget (measured, not decoded)."""
         await trio.lowlevel.checkpoint()
         state = self._live(session_id)
         if state is None:
             return [] if version == 0 else None
-        return state.changes_since(version)
+        return state.changes_since(version, self._max_replay_bytes)
 
     async def ping(self) -> float:
         """Always reachable."""

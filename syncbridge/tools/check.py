@@ -1,7 +1,8 @@
 """``python -m syncbridge check``: the runbook's health check, one verdict line per step.
 
 ==============  ==========================================================
-health          ``GET /health`` answers 200 with status ``ok``
+health          ``GET /health`` answers 200 with status ``ok`` (``/health/details``
+                with a metrics token minted from JWT_SECRET, when it can)
 store           the health document's store ping is ok (and how long it took)
 ws-connect      two WebSocket connections open (device A and device B)
 ws-auth         both authenticate with tokens minted from JWT_SECRET (or ``--token``)
@@ -34,7 +35,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionRejected
 
-from syncbridge.auth import TokenAuthority
+from syncbridge.auth import METRICS_ROLE, TokenAuthority
 from syncbridge.client import (
     AuthFailed,
     Client,
@@ -151,12 +152,14 @@ class _Check:
         tokens: tuple[str, str] | str,
         nonce: str,
         report: CheckReport,
+        operator_token: str | None = None,
     ) -> None:
         self.url = url
         self.ws_url = ws_url
         self.timeout = timeout
         # Two tokens, or why none could be minted.
         self.tokens = tokens
+        self.operator_token = operator_token
         self.nonce = nonce
         self.key = f"syncbridge-check:{nonce}"
         self.report = report
@@ -265,7 +268,9 @@ class _Check:
     # -- HTTP -------------------------------------------------------------------
 
     async def _health(self) -> str:
-        status, self.health = await fetch_health(self.url, timeout=self.timeout)
+        status, self.health = await fetch_health(
+            self.url, timeout=self.timeout, token=self.operator_token
+        )
         self.reached = True
         return health_verdict(status, self.health, self.url)
 
@@ -366,6 +371,21 @@ class _Check:
         return f"deleted {self.key} (version {version})"
 
 
+def _operator_token(settings: Settings, session_id: str) -> str | None:
+    """A short metrics-role token for /health/details, when JWT_SECRET is known."""
+    if settings.secret_is_ephemeral:
+        return None
+    token, _ = TokenAuthority(settings.jwt_secret).mint(
+        user_id="syncbridge-check",
+        device_id="syncbridge-check-health",
+        session_id=session_id,
+        roles=(METRICS_ROLE,),
+        ttl=60,
+        now=time.time(),
+    )
+    return token
+
+
 def _tokens(
     settings: Settings, token: str | None, session_id: str, port: int
 ) -> tuple[str, str] | str:
@@ -415,6 +435,7 @@ async def run_check(
         ws_url=ws_url or _ws_url_for(base),
         timeout=timeout,
         tokens=_tokens(settings, token, session_id, port_of(base)),
+        operator_token=_operator_token(settings, session_id),
         nonce=nonce,
         report=report,
     )

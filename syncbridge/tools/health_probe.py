@@ -1,4 +1,9 @@
-"""The HTTP half of the check: fetch ``/health`` and judge the server and its store."""
+"""The HTTP half of the check: fetch the health document and judge the server and its store.
+
+``/health`` tells anyone only the status; the full document (store backend,
+latency, error) is ``/health/details``, for an operator token. The check asks
+for the details when it can mint such a token and falls back to the status.
+"""
 
 from __future__ import annotations
 
@@ -17,25 +22,44 @@ __all__ = ["fetch_health", "health_verdict", "store_verdict"]
 _SLOW_STORE_MS = 50.0
 
 
-def _get(url: str, timeout: float) -> tuple[int, bytes]:
+def _get(url: str, timeout: float, token: str | None = None) -> tuple[int, bytes]:
     # No proxies: an http_proxy meant for the internet must not swallow localhost.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with opener.open(url, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code, exc.read()
 
 
-async def fetch_health(base: str, *, timeout: float) -> tuple[int, dict[str, Any]]:
-    """GET ``base``/health: its status and JSON document.
+async def fetch_health(
+    base: str, *, timeout: float, token: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """The health document: ``/health/details`` with an operator ``token`` when that
+    answers it, else ``/health`` (the status alone).
 
     Raises StepFailed when nothing answers, or when the answer is not JSON.
     """
-    url = base + "/health"
+    if token is not None:
+        try:
+            details = await _fetch(base + "/health/details", timeout, token)
+        except StepFailed:
+            details = None  # e.g. 404 with ADMIN_ADDR set: the public answer will do
+        if details is not None and isinstance(details[1].get("store"), dict):
+            return details
+    return await _fetch(base + "/health", timeout, None)
+
+
+async def _fetch(url: str, timeout: float, token: str | None) -> tuple[int, dict[str, Any]]:
+    base = url.rpartition("/health")[0]
     try:
-        status, body = await trio.to_thread.run_sync(_get, url, timeout, abandon_on_cancel=True)
+        status, body = await trio.to_thread.run_sync(
+            _get, url, timeout, token, abandon_on_cancel=True
+        )
     except OSError as exc:  # urllib's URLError included
         raise advice.network_failure(exc, url, timeout=timeout) from None
     try:
@@ -68,6 +92,9 @@ def store_verdict(document: dict[str, Any], base: str) -> str:
     """The store line's detail (backend and ping latency), or StepFailed."""
     store = document.get("store")
     if not isinstance(store, dict):
+        if document.get("status") in ("ok", "draining"):
+            # The public answer: "ok" means the store answered its ping.
+            return "ok (backend and latency are shown to operator tokens: /health/details)"
         raise StepFailed("the health document has no store section", advice.not_syncbridge(base))
     backend = store.get("backend", "?")
     if store.get("status") != "ok":

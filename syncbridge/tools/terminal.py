@@ -102,9 +102,11 @@ class _Terminal:
                 nursery.start_soon(self._heartbeat_loop, self.options.heartbeat_interval)
             await self._send_loop(lines)
             if self.client.closed is None:
-                await self._drain()
-                # The server may have closed the socket while we drained (e.g.
-                # 1009 for an oversized line): that close is the one to report.
+                # The server may have closed the socket before or while we drained
+                # (e.g. 1009 for an oversized line): that close is the one to report.
+                if await self._drain():
+                    with suppress(trio.TooSlowError):
+                        await self.client.wait_closed(timeout=self.options.drain_timeout)
                 self.closing = self.client.closed is None
                 await self.client.aclose()
         return self._exit_status()
@@ -139,13 +141,19 @@ class _Terminal:
                 return
         self.note("* end of input")
 
-    async def _drain(self) -> None:
+    async def _drain(self) -> bool:
+        """Wait for outstanding replies; True if the connection turned out closed."""
         # The server answers one socket's messages in order, so once a final
         # Heartbeat of our own is acknowledged every earlier reply has arrived.
         # Its ack echoes our correlation id and is therefore not printed.
         with trio.move_on_after(self.options.drain_timeout):
-            with suppress(Disconnected, ServerError, trio.TooSlowError):
+            try:
                 await self.client.heartbeat(client_time="drain")
+            except Disconnected:
+                return True
+            except (ServerError, trio.TooSlowError):
+                pass
+        return self.client.closed is not None
 
     async def _print_loop(self, done: trio.CancelScope) -> None:
         while True:

@@ -149,11 +149,12 @@ async def test_cleanup_e2e_after_clean_abrupt_and_oversize_closes(
             await clients["e"].wait_for(MessageType.DEVICE_LEFT)  # d is gone from s2
         # the rest close cleanly when the stack unwinds
     await assert_forgotten(app, baseline)
-    # Each ended from the client's side (hypercorn refuses the oversize frame and
-    # closes with 1009 itself). hypercorn reports every such end to the app as 1006.
-    for connection in ends.values():
-        assert connection.peer_close_code is not None
-        assert connection.close_code is None
+    # Each close is recorded truthfully: the clean close with the client's 1000,
+    # the cut connection as 1006 (no close frame), the oversize message as the
+    # server's own 1009.
+    assert (ends["a"].peer_close_code, ends["a"].close_code) == (1000, None)
+    assert (ends["f"].peer_close_code, ends["f"].close_code) == (1006, None)
+    assert (ends["d"].peer_close_code, ends["d"].close_code) == (None, 1009)
 
 
 async def test_cleanup_e2e_after_auth_timeout(server_factory: ServerFactory) -> None:

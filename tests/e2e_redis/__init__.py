@@ -17,7 +17,7 @@ from syncbridge.client import Client, open_client
 from syncbridge.protocol.messages import MessageType
 from syncbridge.settings import Settings
 
-from ..conftest import RunningServer, make_settings, start_server
+from ..conftest import RunningServer, make_settings, mint, start_server
 from ..process.proc import http_get_json
 
 __all__ = [
@@ -93,7 +93,9 @@ def open_resuming(url: str, **kw: Any) -> Any:
 
 
 async def health(http_url: str) -> tuple[int, Any]:
-    """GET /health of a server given its ``http://host:port`` URL."""
+    """GET the full health document (/health/details, with an operator token) of a
+    server given its ``http://host:port`` URL."""
     port = urlsplit(http_url).port
     assert port is not None
-    return await http_get_json(port, "/health")
+    ops = mint(user="ops", device="cli", session="ops", roles=("metrics",))
+    return await http_get_json(port, "/health/details", token=ops)

@@ -25,8 +25,9 @@ from . import health, open_resuming, open_servers, redis_settings, resume_auth, 
 
 BOUND = 30  # seconds; the test finishes far sooner
 STORE_TIMEOUT = 0.5
-# An answer comes within STORE_TIMEOUT plus the time to carry it over loopback.
-ANSWER_BOUND = STORE_TIMEOUT + 0.5
+# Every request is answered (an ack or a 503), never left hanging: the bound is
+# STORE_TIMEOUT with room for a loaded machine, not a latency target.
+ANSWER_BOUND = STORE_TIMEOUT + 10
 
 
 @attrs.define

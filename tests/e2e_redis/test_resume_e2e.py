@@ -243,3 +243,31 @@ async def test_resume_not_sent_without_last_version(backend: Backend) -> None:
                 # A later reply on the same socket proves no Resume came in between.
                 await r.heartbeat("probe")
                 assert [m for m in r.pending() if m["type"] == MessageType.RESUME] == []
+
+
+async def test_resume_over_max_state_bytes_gets_a_snapshot(backend: Backend) -> None:
+    # MAX_STATE_BYTES reaches the replay budget (it used to be a hard-coded
+    # 1 000 000, so a 6 KB replay with MAX_STATE_BYTES=1000 came back as changes).
+    with trio.fail_after(BOUND):
+        async with (
+            open_servers(backend.settings(max_state_bytes=1000)) as (server,),
+            open_client(server.url, token=mint(device="w")) as w,
+        ):
+            for i in range(12):
+                assert await w.update("k", f"{i:02d}" + "x" * 400) == i + 1
+            full = await w.snapshot()
+            async with open_resuming(server.url) as r:
+                _, resume = await resume_auth(r, mint(device="r"), 0)  # ~6 KB to replay
+                assert resume["payload"] == {
+                    "mode": "snapshot",
+                    "from_version": 0,
+                    "version": 12,
+                    "snapshot": full,
+                }
+            async with open_resuming(server.url) as r:
+                _, resume = await resume_auth(r, mint(device="r"), 11)  # one record: fits
+                assert resume["payload"]["mode"] == "changes"
+                assert [c["version"] for c in resume["payload"]["changes"]] == [12]
+            metrics = server.app.metrics.render().decode()
+            assert 'syncbridge_resumes_total{mode="snapshot"} 1.0' in metrics
+            assert 'syncbridge_resumes_total{mode="changes"} 1.0' in metrics

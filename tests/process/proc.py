@@ -163,10 +163,13 @@ async def run_server(
                     await pipe.aclose()
 
 
-async def http_get(port: int, path: str, *, timeout: float = 5.0) -> tuple[int, bytes]:
+async def http_get(
+    port: int, path: str, *, timeout: float = 5.0, token: str | None = None
+) -> tuple[int, bytes]:
     """GET ``path`` from 127.0.0.1:``port`` with a hand-written HTTP/1.1 request."""
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     request = (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Connection: close\r\n\r\n"
     ).encode()
     with trio.fail_after(timeout):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -180,7 +183,7 @@ async def http_get(port: int, path: str, *, timeout: float = 5.0) -> tuple[int, 
     return int(status_line.split(" ")[1]), body
 
 
-async def http_get_json(port: int, path: str) -> tuple[int, Any]:
-    """GET ``path`` and decode its JSON body."""
-    status, body = await http_get(port, path)
+async def http_get_json(port: int, path: str, *, token: str | None = None) -> tuple[int, Any]:
+    """GET ``path`` (with a Bearer ``token`` if given) and decode its JSON body."""
+    status, body = await http_get(port, path, token=token)
     return status, orjson.loads(body)

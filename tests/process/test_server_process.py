@@ -27,11 +27,15 @@ ENV = {"JWT_SECRET": SECRET, "SHUTDOWN_TIMEOUT": f"{SHUTDOWN_TIMEOUT}s"}
 FAST = {"PING_INTERVAL": "0.2s"}
 
 
-def mint(device: str, session: str = "s1") -> str:
+def mint(device: str, session: str = "s1", roles: tuple[str, ...] = ()) -> str:
     token, _ = TokenAuthority(SECRET).mint(
-        user_id="u1", device_id=device, session_id=session, ttl=600, now=time.time()
+        user_id="u1", device_id=device, session_id=session, ttl=600, now=time.time(), roles=roles
     )
     return token
+
+
+def metrics_token() -> str:
+    return mint("ops", session="ops", roles=("metrics",))
 
 
 def assert_no_traceback(server: ServerProcess) -> None:
@@ -41,7 +45,9 @@ def assert_no_traceback(server: ServerProcess) -> None:
 
 async def test_server_process_health_document() -> None:
     async with run_server(env=ENV) as server:
-        status, body = await http_get_json(server.port, "/health")
+        # Public: the status only (issue 12, item 10).
+        assert await http_get_json(server.port, "/health") == (200, {"status": "ok"})
+        status, body = await http_get_json(server.port, "/health/details", token=metrics_token())
         assert status == 200
         assert body["status"] == "ok"
         assert body["version"] == syncbridge.__version__
@@ -60,7 +66,7 @@ async def test_server_process_health_counts_connections() -> None:
         run_server(env={**ENV, **FAST}) as server,
         open_client(server.ws_url, token=mint("a"), heartbeat_interval=None),
     ):
-        _, body = await http_get_json(server.port, "/health")
+        _, body = await http_get_json(server.port, "/health/details", token=metrics_token())
         assert body["active_connections"] == 1
         assert body["sessions"] == 1
 

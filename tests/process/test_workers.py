@@ -42,7 +42,8 @@ async def test_workers_share_the_port_and_the_sessions(redis_server: RedisServer
                 snapshot = await clients[0].snapshot()
                 assert snapshot["state_data"] == {f"k{i}": i for i in range(6)}
                 nursery.cancel_scope.cancel()
-            status, health = await http_get_json(server.port, "/health")
+            ops = mint(user="ops", device="cli", session="ops", roles=("metrics",))
+            status, health = await http_get_json(server.port, "/health/details", token=ops)
             assert status == 200
             assert health["store"]["backend"] == "redis"
             assert await server.stop(signal.SIGTERM, timeout=20) == 0

@@ -7,8 +7,14 @@ from typing import Any
 import orjson
 import pytest
 
-from syncbridge.errors import InvalidMessage, RequestError, UnknownType
-from syncbridge.protocol.codec import decode, encode, error_payload
+from syncbridge.errors import InvalidMessage, NestingTooDeep, RequestError, UnknownType
+from syncbridge.protocol.codec import (
+    MAX_NESTING_DEPTH,
+    decode,
+    encode,
+    error_payload,
+    nesting_exceeds,
+)
 from syncbridge.protocol.messages import (
     ABSENT,
     AuthRequest,
@@ -383,3 +389,72 @@ def test_error_payload_from_decode_error() -> None:
     assert payload["code"] == 400
     assert payload["error_code"] == "INVALID_MESSAGE"
     assert payload["details"] == {"field": "payload.key"}
+
+
+# --- nesting depth (issue 12, item 4) ----------------------------------------------------
+
+
+def nested(depth: int) -> Any:
+    """A JSON value whose containers nest ``depth`` levels (alternating arrays and objects)."""
+    value: Any = 0
+    for level in range(depth):
+        value = [value] if level % 2 else {"n": value}
+    return value
+
+
+def deep_frame(depth: int, field: str) -> str:
+    """An otherwise valid message whose ``field`` holds a value ``depth`` levels deep."""
+    inner = '{"n":' * depth + "0" + "}" * depth
+    if field == "correlation_id":
+        return '{"type":1,"payload":{},"correlation_id":' + inner + "}"
+    if field == "client_time":
+        return '{"type":1,"payload":{"client_time":' + inner + '},"correlation_id":"c"}'
+    return '{"type":5,"payload":{"key":"k","value":' + inner + '},"correlation_id":"c"}'
+
+
+def test_nesting_exceeds_counts_the_value_itself_as_level_one() -> None:
+    assert not nesting_exceeds(0, 1)
+    assert not nesting_exceeds(nested(64), 64)
+    assert nesting_exceeds(nested(65), 64)
+    assert not nesting_exceeds({"a": [], "b": {"c": [1]}}, 3)
+    assert nesting_exceeds({"a": [], "b": {"c": [[1]]}}, 3)
+
+
+def test_decode_accepts_the_deepest_allowed_message() -> None:
+    # The message object is level 1, payload 2, so the value may nest 62 levels.
+    envelope = decode(deep_frame(MAX_NESTING_DEPTH - 2, "value"))
+    assert isinstance(envelope.request, StateUpdateRequest)
+    # Served back in a Resume it sits two levels deeper, still far below orjson's 254.
+    orjson.dumps({"payload": {"changes": [{"value": envelope.request.value}]}})
+    with pytest.raises(NestingTooDeep):
+        decode(deep_frame(MAX_NESTING_DEPTH - 1, "value"))
+
+
+@pytest.mark.parametrize("field", ["value", "client_time", "correlation_id"])
+@pytest.mark.parametrize("depth", [MAX_NESTING_DEPTH, 253, 255, 1024, 1025, 5000])
+def test_decode_refuses_nesting_beyond_the_limit(field: str, depth: int) -> None:
+    with pytest.raises(NestingTooDeep) as info:
+        decode(deep_frame(depth, field))
+    exc = info.value
+    assert (exc.status, exc.error_code) == (400, "NESTING_TOO_DEEP")
+    assert exc.details == {"limit_depth": MAX_NESTING_DEPTH}
+    total = depth + (1 if field == "correlation_id" else 2)  # under the message and payload
+    if total > 1024:
+        assert exc.correlation_id is None  # orjson stopped parsing: nothing could be read
+    elif field == "correlation_id":
+        assert exc.correlation_id is None  # it could not be echoed
+    else:
+        assert exc.correlation_id == "c"
+    # The reply is always encodable.
+    error_payload(exc.status, exc.error_code, exc.message, exc.details)
+    encode(MessageType.ERROR, {}, timestamp=1, correlation_id=exc.correlation_id)
+
+
+def test_decode_refuses_deep_non_object_message() -> None:
+    with pytest.raises(NestingTooDeep):
+        decode("[" * 300 + "]" * 300)
+
+
+def test_decode_brackets_inside_strings_do_not_count() -> None:
+    envelope = decode(frame(type=5, payload={"key": "k", "value": "{[" * 500}))
+    assert isinstance(envelope.request, StateUpdateRequest)

@@ -220,6 +220,54 @@ def test_session_state_history_cap_and_beyond_history() -> None:
     assert s.changes_since(0) is None
 
 
+def record_size(s: SessionState, version: int) -> int:
+    """The stored size of one kept change (what the byte bounds count)."""
+    change = next(c for c in s.history if c.version == version)
+    return len(
+        orjson.dumps(
+            {
+                "version": change.version,
+                "key": change.key,
+                "value": change.value,
+                "operation": change.operation.value,
+                "at": change.at,
+                "user_id": change.user_id,
+                "device_id": change.device_id,
+            }
+        )
+    )
+
+
+def test_session_state_history_bounded_in_bytes_drops_oldest() -> None:
+    s = SessionState(session_id="s1", history_size=1000, history_max_bytes=1000)
+    for i in range(30):
+        put(s, "k", "x" * 100 + str(i))
+    kept = [c.version for c in s.history]
+    assert kept == list(range(31 - len(kept), 31))
+    assert s.history_bytes == sum(record_size(s, v) for v in kept) <= 1000
+    # One more record would not have fitted: the bound is tight.
+    assert s.history_bytes + record_size(s, kept[0]) > 1000
+
+
+def test_session_state_record_over_history_bytes_empties_history() -> None:
+    s = SessionState(session_id="s1", history_size=10, history_max_bytes=50)
+    put(s, "k", "x" * 100)
+    assert (s.history, s.history_bytes) == ([], 0)
+    assert s.changes_since(1) == []
+    assert s.changes_since(0) is None
+
+
+def test_session_state_changes_since_over_budget_needs_snapshot() -> None:
+    s = state()
+    for i in range(10):
+        put(s, "k", "v" * 90 + str(i))
+    size = record_size(s, 10)
+    assert [c.version for c in s.changes_since(7, max_bytes=3 * size) or []] == [8, 9, 10]
+    assert s.changes_since(6, max_bytes=3 * size) is None
+    assert s.changes_since(6, max_bytes=None) is not None
+    assert s.changes_since(10, max_bytes=0) == []
+
+
 def test_token_bucket_burst_then_refusal() -> None:
     bucket = TokenBucket(rate=10.0, burst=5)
     assert [bucket.allow(100.0) for _ in range(5)] == [True] * 5

@@ -20,12 +20,14 @@ import pytest
 import trio
 
 from syncbridge.backend import Backend, MemoryBackend
-from syncbridge.hub import Hub, Outbox
+from syncbridge.hub import Hub
 from syncbridge.redis.backend import RedisBackend
 from syncbridge.redis.connection import Keys
 from syncbridge.settings import Settings
 from tests.conftest import make_settings
 from tests.redis_harness import RedisCluster, RedisServer, open_redis_cluster, open_redis_server
+
+from ..outboxes import ChannelOutbox
 
 KINDS = ("memory", "redis")
 every_backend = pytest.mark.parametrize("backend", [*KINDS, "cluster"], indirect=True)
@@ -145,7 +147,7 @@ async def redis_bench(redis_server: RedisServer, nursery: trio.Nursery) -> Bench
 class Receiver:
     """A connection's outbox as the hub sees it, and what its writer would take out."""
 
-    outbox: Outbox
+    outbox: ChannelOutbox
     frames: trio.MemoryReceiveChannel[str]
     slow: trio.Event = attrs.field(factory=trio.Event)
 
@@ -169,7 +171,7 @@ def connect_receiver(
     """Subscribe a real Outbox (a trio memory channel) to ``session_id`` in ``hub``."""
     send, receive = trio.open_memory_channel[str](size)
     slow = trio.Event()
-    outbox = Outbox(send, on_slow=slow.set, label=f"{session_id}/{key}")
+    outbox = ChannelOutbox(send, on_slow=slow.set, label=f"{session_id}/{key}")
     hub.subscribe(session_id, key, outbox, device_id=device_id)
     return Receiver(outbox, receive, slow)
 

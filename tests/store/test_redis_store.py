@@ -38,7 +38,7 @@ async def test_redis_store_layout_is_readable_with_redis_cli(redis_bench: Bench)
     assert state == {"title": '"Plan"', "cursor": '{"x":1,"y":[2,3.5]}'}
     flat = await cli_lines(redis_bench, "HGETALL", "session:{room-1}:meta")
     meta = dict(zip(flat[::2], flat[1::2], strict=True))
-    assert set(meta) == {"version", "created_at", "updated_at", "bytes"}
+    assert set(meta) == {"version", "created_at", "updated_at", "bytes", "history_bytes"}
     assert meta["version"] == "4"
     assert int(meta["bytes"]) == len("title") + len('"Plan"') + len("cursor") + len(
         '{"x":1,"y":[2,3.5]}'
@@ -161,7 +161,9 @@ async def test_redis_store_hung_redis_times_out_and_replies_stay_in_step(
         started = trio.current_time()
         with pytest.raises(StoreUnavailable, match=r"no answer within 0\.5s"):
             await attempt()
-        assert TIMEOUT <= trio.current_time() - started < TIMEOUT + 0.5
+        # The outcome is the refusal; the clock only shows it was not answered early
+        # and did not hang (a loaded machine may add seconds, never subtract).
+        assert TIMEOUT <= trio.current_time() - started < TIMEOUT + 10
     await redis_bench.redis.cli("CLIENT", "UNPAUSE")  # answered once the pause is over
     # The late replies to the abandoned requests must not be taken for the answers
     # to later ones: every reply below matches its own request.
@@ -202,3 +204,42 @@ async def test_redis_store_out_of_memory_is_unavailable_and_applies_nothing(
     assert [c.version for c in history] == list(range(1, accepted + 1))
     meta_bytes = await cli_lines(redis_bench, "HGET", "session:{oom}:meta", "bytes")
     assert int(meta_bytes[0]) == sum(len(f"k{i}") + 100_002 for i in range(accepted))
+
+
+async def test_redis_store_history_bytes_kept_in_meta_match_the_list(redis_bench: Bench) -> None:
+    bench = await redis_bench.another(history_max_bytes=3_000)
+    for i in range(20):
+        await bench.store.apply("hb", "k", "x" * (100 + 50 * i), SET)
+    records = await cli_lines(bench, "LRANGE", "session:{hb}:history", "0", "-1")
+    kept = int((await cli_lines(bench, "HGET", "session:{hb}:meta", "history_bytes"))[0])
+    assert kept == sum(len(r.encode()) for r in records) <= 3_000
+    assert [orjson.loads(r)["version"] for r in records] == list(range(21 - len(records), 21))
+
+
+async def test_redis_store_history_from_before_byte_accounting_is_dropped_once(
+    redis_bench: Bench,
+) -> None:
+    # A session written by an older SyncBridge has a history list but no
+    # history_bytes: its history (possibly huge) is dropped, not measured.
+    store = redis_bench.store
+    await store.apply("legacy", "k", "v" * 10_000, SET)
+    for _ in range(3):
+        await cli_lines(redis_bench, "RPUSH", "session:{legacy}:history", "x" * 10_000)
+    await cli_lines(redis_bench, "HDEL", "session:{legacy}:meta", "history_bytes")
+    await store.apply("legacy", "k", 2, SET)
+    assert await cli_lines(redis_bench, "LLEN", "session:{legacy}:history") == ["1"]
+    assert [c.value for c in await store.changes_since("legacy", 1) or []] == [2]
+    assert await store.changes_since("legacy", 0) is None
+
+
+async def test_redis_store_resume_measures_a_history_from_before_byte_accounting(
+    redis_bench: Bench,
+) -> None:
+    # Until its next write, a session from an older SyncBridge has no
+    # history_bytes: a resume must still not read a history over the budget.
+    bench = await redis_bench.another(max_state_bytes=25_000)
+    for i in range(5):
+        await bench.store.apply("old", "k", f"{i}" + "v" * 10_000, SET)
+    await cli_lines(bench, "HDEL", "session:{old}:meta", "history_bytes")
+    assert await bench.store.changes_since("old", 0) is None  # ~50 KB to replay
+    assert [c.version for c in await bench.store.changes_since("old", 3) or []] == [4, 5]

@@ -111,7 +111,10 @@ async def test_store_state_too_large_raises_and_changes_nothing(backend: Bench) 
     assert grown.value.details == {"limit_bytes": 100, "would_be_bytes": 1 + 52 + 5 + 62}
     after = await store.snapshot("big")
     assert (after.version, after.state) == (before.version, before.state) == (1, {"k": "x" * 50})
-    assert [c.version for c in await store.changes_since("big", 0) or []] == [1]
+    # No history record for the refused write. (Replaying version 1 itself would
+    # be over the 100-byte replay budget, which is MAX_STATE_BYTES: a snapshot.)
+    assert await store.changes_since("big", 1) == []
+    assert await store.changes_since("big", 0) is None
 
 
 async def test_store_too_many_keys_raises_and_changes_nothing(backend: Bench) -> None:
@@ -267,3 +270,59 @@ async def test_store_session_ids_with_braces_stay_separate(backend: Bench) -> No
     assert [s.state for s in snapshots] == [{"who": s, "n": n} for n, s in enumerate(ids)]
     assert [s.version for s in snapshots] == [2] * len(ids)
     assert [[c.value for c in h or []] for h in histories] == [[s, n] for n, s in enumerate(ids)]
+
+
+# --- history bounded in bytes, replay bounded by a budget (issue 12, items 2 and 3) -------
+
+
+async def reachable(store: Any, session_id: str, version: int) -> int:
+    """The oldest version a client can resume from with changes (not a snapshot)."""
+    for since in range(version + 1):
+        if await store.changes_since(session_id, since) is not None:
+            return since
+    raise AssertionError("not even the current version is reachable")
+
+
+async def test_store_history_is_bounded_in_bytes(backend: Bench) -> None:
+    # Count alone kept every one of 1000 half-megabyte values (issue 12): the
+    # bytes bound drops the oldest records as soon as the sum exceeds it.
+    bench = await backend.another(history_max_bytes=10_000, max_state_bytes=10**7)
+    store = bench.store
+    value = "v" * 1000
+    for _ in range(50):
+        change = await store.apply("hb", "k", value, SET, ORIGIN)
+    oldest = await reachable(store, "hb", change.version)
+    kept = await store.changes_since("hb", oldest)
+    assert kept is not None
+    # Each record is a little over 1 000 bytes: at most 9 fit in 10 000.
+    assert 8 <= len(kept) <= 9
+    assert sum(len(exact(c.describe())) for c in kept) <= 10_000
+    assert [c.version for c in kept] == list(range(51 - len(kept), 51))
+    # The count bound still applies on its own.
+    short = await backend.another(history_size=3, history_max_bytes=10**7)
+    for i in range(5):
+        await short.store.apply("hc", "k", i, SET)
+    assert await reachable(short.store, "hc", 5) == 2
+
+
+async def test_store_record_larger_than_history_bytes_keeps_no_history(backend: Bench) -> None:
+    bench = await backend.another(history_max_bytes=500, max_state_bytes=10**7)
+    await bench.store.apply("big", "k", "x" * 1000, SET)
+    assert await bench.store.changes_since("big", 1) == []
+    assert await bench.store.changes_since("big", 0) is None  # must take the snapshot
+    await bench.store.apply("big", "k", 1, SET)
+    assert [c.value for c in await bench.store.changes_since("big", 1) or []] == [1]
+
+
+async def test_store_replay_over_budget_is_a_snapshot(backend: Bench) -> None:
+    # MAX_STATE_BYTES is the replay budget: a replay larger than a snapshot may
+    # be is answered with the snapshot, decided before the records are read.
+    bench = await backend.another(max_state_bytes=3_000, history_max_bytes=10**7)
+    store = bench.store
+    for i in range(20):
+        await store.apply("rb", "k", f"{i:03d}" + "x" * 497, SET, ORIGIN)
+    near = await store.changes_since("rb", 16)  # 4 records of ~600 bytes
+    assert [c.version for c in near or []] == [17, 18, 19, 20]
+    assert await store.changes_since("rb", 10) is None  # 10 records: over 3 000 bytes
+    assert await store.changes_since("rb", 0) is None
+    assert await store.changes_since("rb", 20) == []

@@ -1,0 +1,92 @@
+"""The opening handshake of ``/ws``, done by websockets' sans-IO ServerProtocol.
+
+The router has already read the request head; the protocol parses it (request
+line and header limits answer 414 / 431 by themselves), the application admits
+or refuses it (draining, Origin, caps: a status and a readable JSON body), and
+the protocol builds the 101 (or 4xx) response. No handshake code of our own.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http
+import socket
+from collections.abc import Callable, Sequence
+
+import orjson
+from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+
+from syncbridge.ws.socket import WebSocket
+
+__all__ = ["Admit", "Refusal", "open_websocket", "refusal_response"]
+
+#: (HTTP status, message) for a handshake the application refuses.
+Refusal = tuple[int, str]
+#: The application's admission check: None admits, a Refusal refuses.
+Admit = Callable[[Request], Refusal | None]
+
+
+def refusal_response(
+    status: int, message: str, headers: Sequence[tuple[str, str]] = ()
+) -> Response:
+    """A handshake refusal with a JSON body ``{"error": message}``."""
+    body = orjson.dumps({"error": message})
+    status_ = http.HTTPStatus(status)
+    return Response(
+        status_.value,
+        status_.phrase,
+        Headers(
+            [
+                ("Date", email.utils.formatdate(usegmt=True)),
+                ("Connection", "close"),
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+                *headers,
+            ]
+        ),
+        body,
+    )
+
+
+async def open_websocket(
+    sock: socket.socket,
+    head: bytes,
+    *,
+    peer: str,
+    max_message_bytes: int,
+    deflate: bool,
+    admit: Admit,
+) -> tuple[WebSocket, Request] | None:
+    """Answer the handshake in ``head`` on ``sock``; the open WebSocket, or None when
+    the request was refused or invalid (the answer has been written; close the socket).
+
+    The caller bounds the time this takes (a peer may not read the response).
+    """
+    protocol = ServerProtocol(
+        max_size=max_message_bytes,
+        extensions=[ServerPerMessageDeflateFactory()] if deflate else None,
+    )
+    protocol.receive_data(head)
+    events = protocol.events_received()
+    request = events[0] if events and isinstance(events[0], Request) else None
+    if request is not None:
+        refusal = admit(request)
+        if refusal is None:
+            response = protocol.accept(request)
+        else:
+            response = refusal_response(*refusal)
+            if refusal[0] in (429, 503):
+                response.headers["Retry-After"] = "1"
+        protocol.send_response(response)
+        accepted = response.status_code == 101
+    else:
+        accepted = False  # the protocol queued its own 4xx (or nothing) for a bad request
+    websocket = WebSocket(sock, protocol, peer=peer)
+    websocket.flush_protocol()  # the response (and, when refused, end of stream)
+    await websocket.wait_flushed()
+    if not accepted or request is None:
+        return None
+    return websocket, request
