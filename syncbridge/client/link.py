@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from syncbridge.client.connection import Client
-from syncbridge.client.errors import AuthFailed, Disconnected, ServerError
+from syncbridge.client.errors import AuthFailed, ConflictError, Disconnected, ServerError
 from syncbridge.client.mirror import Mirror, TokenRefreshed, change_from
 from syncbridge.client.outbox import Outbox
 from syncbridge.client.sync_events import EventBuffer
@@ -174,11 +174,17 @@ class Link:
                     return Ended(None, f"store unavailable: {error.message}")
                 update = self.core.outbox.settle(cid)
                 assert update is not None
-                update.fail(error)
+                update.fail(self._conflict(update.key, error) or error)
                 self.core.pulse_outbox()
 
-    def _ours(self, cid: str) -> bool:
-        return cid in self.core.outbox.in_flight
+    def _conflict(self, key: str, error: ServerError) -> ConflictError | None:
+        """A refusal for a stale ``base_version``, once the server checks it (409 CONFLICT,
+        with the key's current ``value`` and ``version`` in ``details`` when given)."""
+        if error.code != 409 and error.error_code != "CONFLICT":
+            return None
+        details = error.details or {}
+        version = details.get("version", self.core.mirror.version)
+        return ConflictError(key, details.get("value"), int(version))
 
     async def _send_loop(self) -> None:
         while True:

@@ -1,7 +1,8 @@
 """Against a plain v1 server (no Resume): the client notices and takes a snapshot instead.
 
-The v1 server here is a small fake on trio-websocket: it answers Auth without a
-Resume (ignoring last_version), Heartbeat and SnapshotRequest, as HarmonyFlow v1 did.
+The server here is a small fake on trio-websocket: it answers Auth without a
+Resume (ignoring last_version), Heartbeat and SnapshotRequest, as HarmonyFlow v1
+did, and refuses every StateUpdate as a server checking ``base_version`` will.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from functools import partial
 from typing import Any
 
 import orjson
+import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-from syncbridge.client import Backoff, open_sync_client
+from syncbridge.client import Backoff, ConflictError, open_sync_client
 from syncbridge.protocol.messages import MessageType
 
 STATE = {"theme": "dark"}
@@ -32,6 +34,16 @@ async def _v1_handler(request: WebSocketRequest) -> None:
             MessageType.SNAPSHOT_RESPONSE,
             {"session_id": "s", "state_data": STATE, "version": 7},
         ),
+        # As a server that checks base_version will refuse a stale update.
+        MessageType.STATE_UPDATE: (
+            MessageType.ERROR,
+            {
+                "code": 409,
+                "error_code": "CONFLICT",
+                "message": "base_version 7 is stale",
+                "details": {"value": "light", "version": 8},
+            },
+        ),
     }
     try:
         while True:
@@ -44,7 +56,7 @@ async def _v1_handler(request: WebSocketRequest) -> None:
         pass
 
 
-async def test_sync_client_against_a_v1_server_falls_back_to_a_snapshot(
+async def test_sync_client_v1_server_snapshot_fallback_and_409_conflict(
     nursery: trio.Nursery,
 ) -> None:
     serve = partial(serve_websocket, _v1_handler, "127.0.0.1", 0, ssl_context=None)
@@ -56,4 +68,7 @@ async def test_sync_client_against_a_v1_server_falls_back_to_a_snapshot(
         ) as client:
             assert (dict(client.state), client.version) == (STATE, 7)
             assert client.token == "t2"
+            with pytest.raises(ConflictError) as conflict:
+                await client.set("theme", "blue")
+            assert (conflict.value.server_value, conflict.value.version) == ("light", 8)
     nursery.cancel_scope.cancel()

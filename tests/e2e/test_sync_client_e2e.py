@@ -66,6 +66,20 @@ async def test_sync_client_mirror_follows_every_push(server: RunningServer) -> N
             assert events[1].device_id == "other"
 
 
+async def test_sync_client_base_version_is_harmless_before_the_server_checks_it(
+    server: RunningServer,
+) -> None:
+    # Today's server ignores base_version (v1 leniency); the option is ready for
+    # the server that will refuse a stale one.
+    with trio.fail_after(BOUND):
+        async with open_sync_client(
+            server.url, token=server.token(), send_base_version=True, **FAST
+        ) as client:
+            assert await client.set("k", 1) == 1
+            assert await client.set("k", 2) == 2
+            assert mirrors(client, *await server_state(server))
+
+
 async def test_sync_client_bad_token_without_provider_raises_auth_failed(
     server: RunningServer,
 ) -> None:

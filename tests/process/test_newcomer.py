@@ -16,8 +16,10 @@ import trio
 
 from syncbridge import tryout
 from syncbridge.auth import TokenAuthority
+from syncbridge.client import open_client
 from syncbridge.errors import ConfigError
 
+from ..redis_harness import RedisServer
 from .proc import COMMAND, LineReader, child_env, free_port, run_server
 
 
@@ -328,3 +330,23 @@ async def test_newcomer_runbook_preamble_never_leaves_an_empty_admin_token(
         status, out, err = await _bash(script, here)
         assert status == 0, err
         assert out.startswith("ADMIN_TOKEN=eyJ")
+
+
+async def test_newcomer_tryout_with_workers_shares_the_supervisors_secret(
+    runtime_dir: Path, redis_server: RedisServer
+) -> None:
+    env = {"XDG_RUNTIME_DIR": str(runtime_dir), "REDIS_URL": redis_server.url}
+    async with run_server("--workers", "2", env=env) as server:
+        here = {**env, "SERVER_ADDR": f"127.0.0.1:{server.port}"}
+        status, out, err = await run(
+            "token", "--user", "u", "--device", "d", "--session", "s", env=here
+        )
+        assert status == 0, err
+        with trio.fail_after(10):
+            # Either worker may take the connection: both verify with the shared secret.
+            for device in ("a", "b", "c"):
+                async with open_client(server.ws_url, heartbeat_interval=None) as client:
+                    auth = await client.authenticate(out.strip(), device_name=device)
+                    assert auth["session_id"] == "s"
+        assert await server.stop() == 0
+    assert not (runtime_dir / "syncbridge" / f"tryout-{server.port}.json").exists()
