@@ -226,10 +226,11 @@ class SyncBridgeApp:
             return 503, "server at its connection limit; reconnect shortly"
         return None
 
-    async def serve_websocket(
+    async def open_websocket(
         self, sock: socket.socket, address: tuple[str, int], head: bytes
-    ) -> None:
-        """Answer the handshake in ``head`` and serve the WebSocket until it closes."""
+    ) -> Connection | None:
+        """Answer the handshake in ``head``; the accepted connection (not yet running),
+        or None when it was refused (the answer was written and ``sock`` closed)."""
         settings = self.settings
         host = address[0]
         peer = f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
@@ -249,15 +250,19 @@ class SyncBridgeApp:
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
         if opened is None:
-            return
-        transport, _request = opened
-        connection = Connection(
+            return None
+        # The request (headers and all) is not kept: an idle socket should cost
+        # only what it needs.
+        return Connection(
             key=next(self._keys),
             service=self.service,
             settings=settings,
-            transport=transport,
+            transport=opened[0],
             client=peer,
         )
+
+    async def serve_connection(self, connection: Connection) -> None:
+        """Serve an accepted WebSocket until it closes."""
         if not self.connections:
             self._no_connections = trio.Event()
         self.connections[connection.key] = connection

@@ -7,6 +7,7 @@ Every serve option is generated from :class:`syncbridge.settings.Settings`, so
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import signal
@@ -20,14 +21,17 @@ from typing import Any
 import attrs
 import trio
 
-from syncbridge import __version__
+from syncbridge import __version__, tryout
 from syncbridge.app import SyncBridgeApp
 from syncbridge.auth import TokenAuthority
+from syncbridge.bind import bind_listener, probe_admin_addr
 from syncbridge.errors import ConfigError
 from syncbridge.logs import configure_logging
 from syncbridge.server import ServerInfo, serve
 from syncbridge.settings import (
     Settings,
+    format_duration,
+    is_duration,
     iter_options,
     load_settings,
     parse_duration,
@@ -35,6 +39,7 @@ from syncbridge.settings import (
 )
 from syncbridge.supervisor import follow_supervisor, run_workers
 from syncbridge.tools import check, terminal
+from syncbridge.tools.secret import signing_secret
 
 __all__ = ["main"]
 
@@ -50,7 +55,12 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for option in iter_options():
         meta = option.metadata
         default = option.default
-        shown = ",".join(default) if isinstance(default, tuple) else default
+        shown: object = ",".join(default) if isinstance(default, tuple) else default
+        if is_duration(option) and isinstance(default, float):
+            # As the runbook and the TOML example write it (1h, not 3600.0).
+            shown = format_duration(default)
+        elif isinstance(default, float):
+            shown = f"{default:g}"
         env_note = f"[env {meta['env']}; default {shown!r}]"
         if not meta["flag"]:
             # Secrets are never taken from flags: they would show in `ps`.
@@ -152,21 +162,7 @@ def _banner(settings: Settings, store: str, port: int) -> str:
         f"  Health     {http}/health",
     ]
     if settings.secret_is_ephemeral:
-        authority = TokenAuthority(settings.jwt_secret)
-        token, _ = authority.mint(
-            user_id="demo-user",
-            device_id="demo-device",
-            session_id="demo",
-            ttl=3600,
-            now=time.time(),
-        )
-        lines += [
-            "  Token      JWT_SECRET is not set, so tokens from elsewhere will not work.",
-            "             A try-out token (user demo-user, device demo-device, session demo, 1 h):",
-            f"             {token}",
-            "             For real use: export JWT_SECRET=<32+ random bytes> and mint with",
-            "             python -m syncbridge token --user U --device D --session S",
-        ]
+        lines += _tryout_lines(settings, port)
     else:
         lines.append(
             "  Token      python -m syncbridge token --user U --device D --session S  "
@@ -174,6 +170,28 @@ def _banner(settings: Settings, store: str, port: int) -> str:
         )
     lines.append("  Try        websocat " + ws + '  then send {"type":7,"payload":{"token":"..."}}')
     return "\n".join(lines)
+
+
+def _tryout_lines(settings: Settings, port: int) -> list[str]:
+    authority = TokenAuthority(settings.jwt_secret)
+    now = time.time()
+    token, _ = authority.mint(
+        user_id="demo-user", device_id="demo-device", session_id="demo", ttl=3600, now=now
+    )
+    operator, _ = authority.mint(
+        user_id="operator", device_id="cli", session_id="ops", roles=("admin",), ttl=3600, now=now
+    )
+    port_note = "" if port == 8080 else f" (with SERVER_ADDR=:{port})"
+    return [
+        "  Token      JWT_SECRET is not set: try-out mode, tokens die with this process.",
+        "             A try-out token (user demo-user, device demo-device, session demo, 1 h):",
+        f"             {token}",
+        "             An operator token for /metrics, /debug and /admin (role admin, 1 h):",
+        f"             {operator}",
+        f"             `python -m syncbridge token|check` in your shell{port_note} use this",
+        f"             server's secret, shared with you only: {tryout.secret_file(port)}",
+        "             For real use: export JWT_SECRET=<32+ random bytes> and restart.",
+    ]
 
 
 def _tune_gc(settings: Settings) -> None:
@@ -198,11 +216,13 @@ def _worker_settings(settings: Settings, number: int) -> Settings:
     return attrs.evolve(settings, admin_addr=f"{host}:{int(port) + number - 1}")
 
 
-async def _run_server(settings: Settings, worker: tuple[int, int] | None) -> None:
+async def _run_server(
+    settings: Settings, worker: tuple[int, int] | None, listener: socket.socket | None
+) -> None:
     if worker is not None:
         settings = _worker_settings(settings, worker[0])
+        listener = socket.socket(fileno=worker[1])
     app = SyncBridgeApp(settings)
-    listener = socket.socket(fileno=worker[1]) if worker else None
     async with trio.open_nursery() as nursery:
         info: ServerInfo = await nursery.start(partial(serve, app, listener=listener))
         _tune_gc(settings)
@@ -224,6 +244,12 @@ def _serve(args: argparse.Namespace) -> int:
             f"WORKERS={settings.workers} needs Redis: the memory store lives in one "
             "process; set REDIS_URL or REDIS_ADDR, or use WORKERS=1"
         )
+    if worker is None:
+        # Bind before anything starts, so that a taken port is one line.
+        probe_admin_addr(settings, workers=settings.workers)
+        listener: socket.socket | None = bind_listener(settings)
+    else:
+        listener = None
     configure_logging(settings.log_level, settings.log_format)
     if settings.secret_is_ephemeral:
         log.warning(
@@ -233,13 +259,16 @@ def _serve(args: argparse.Namespace) -> int:
     elif settings.jwt_allow_weak_secret and len(settings.jwt_secret.encode()) < 32:
         log.warning("JWT_SECRET is shorter than 32 bytes; accepted because JWT_ALLOW_WEAK_SECRET=1")
     if supervise:
-        return run_workers(
-            settings,
-            args.argv,
-            on_ready=lambda port: print(
-                _banner(settings, f"redis ({settings.redis_target})", port), flush=True
-            ),
-        )
+        assert listener is not None
+        with _shared_tryout_secret(settings, listener):
+            return run_workers(
+                settings,
+                args.argv,
+                listener=listener,
+                on_ready=lambda port: print(
+                    _banner(settings, f"redis ({settings.redis_target})", port), flush=True
+                ),
+            )
     if worker is not None:
         # A worker's SIGTERM may come twice (from its supervisor and from
         # systemd or `timeout` to the whole group). While it serves, the signal
@@ -248,24 +277,31 @@ def _serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         follow_supervisor()
     try:
-        trio.run(_run_server, settings, worker)
+        with _shared_tryout_secret(settings, listener):
+            trio.run(_run_server, settings, worker, listener)
     except KeyboardInterrupt:
         log.info("interrupted")
         return 130
     return 0
 
 
+def _shared_tryout_secret(
+    settings: Settings, listener: socket.socket | None
+) -> contextlib.AbstractContextManager[object]:
+    """In try-out mode, share the random secret with this user's commands (see tryout)."""
+    if not settings.secret_is_ephemeral or listener is None:
+        return contextlib.nullcontext()
+    return tryout.shared_secret(settings.jwt_secret, int(listener.getsockname()[1]))
+
+
 def _token(args: argparse.Namespace) -> int:
     settings = load_settings(config_file=args.config)
-    if settings.secret_is_ephemeral:
-        raise ConfigError(
-            "JWT_SECRET is not set: a token signed with a random secret would be accepted nowhere"
-        )
+    secret = signing_secret(settings, settings.port)
     try:
         ttl = parse_duration(args.ttl)
     except ValueError as exc:
         raise ConfigError(f"--ttl: {exc}") from None
-    token, _ = TokenAuthority(settings.jwt_secret).mint(
+    token, _ = TokenAuthority(secret).mint(
         user_id=args.user,
         device_id=args.device,
         session_id=args.session,

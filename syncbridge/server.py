@@ -210,7 +210,10 @@ async def _handle_connection(
         kind = route(head, WS_PATH)
         if kind == "websocket":
             handed_over = True
-            await app.serve_websocket(sock, address, head)
+            connection = await app.open_websocket(sock, address, head)
+            del head  # not kept for the connection's lifetime
+            if connection is not None:
+                await app.serve_connection(connection)
             return
         if kind == "h2c" and not settings.http2_cleartext:
             return  # HTTP/2 without TLS is off: nothing this client can read

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -23,15 +22,26 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from syncbridge.errors import ConfigError
 from syncbridge.protocol.session import DEFAULT_HISTORY_MAX_BYTES
+from syncbridge.setting_values import address as _address
+from syncbridge.setting_values import format_duration, parse_duration, parse_rate
+from syncbridge.setting_values import not_negative as _not_negative
+from syncbridge.setting_values import one_of as _one_of
+from syncbridge.setting_values import optional_address as _optional_address
+from syncbridge.setting_values import positive as _positive
+from syncbridge.setting_values import redis_addr as _redis_addr
+from syncbridge.setting_values import redis_url as _redis_url
 
 __all__ = [
     "LISTEN_FD_ENV",
     "MIN_SECRET_BYTES",
     "WORKER_ID_ENV",
     "Settings",
+    "format_duration",
+    "is_duration",
     "iter_options",
     "load_settings",
     "parse_duration",
+    "parse_rate",
     "worker_role",
 ]
 
@@ -41,57 +51,22 @@ MIN_SECRET_BYTES: Final = 32
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("text", "json")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+def _opt(
+    env: str | None,
+    help: str,
+    *,
+    flag: bool = True,
+    secret: bool = False,
+    kind: str | None = None,
+) -> Any:
+    # kind "rate": a float that is not a duration (parsed and shown as a number).
+    return {"env": env, "help": help, "flag": flag, "secret": secret, "kind": kind}
 
 
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string like ``250ms``, ``30s``, ``15m``, ``7d``."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration, got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(str(value))
-        if match is None:
-            raise ValueError(f"expected a duration like 30s, 15m or 7d, got {value!r}")
-        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
-    if seconds <= 0:
-        raise ValueError(f"a duration must be positive, got {value!r}")
-    return seconds
-
-
-def _opt(env: str | None, help: str, *, flag: bool = True, secret: bool = False) -> Any:
-    return {"env": env, "help": help, "flag": flag, "secret": secret}
-
-
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be positive, got {value}")
-
-
-def _one_of(choices: tuple[str, ...]) -> Any:
-    def check(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
-        if value not in choices:
-            raise ValueError(f"{attribute.name} must be one of {', '.join(choices)}; got {value!r}")
-
-    return check
-
-
-def _not_negative(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must not be negative, got {value}")
-
-
-def _optional_address(inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    if value:
-        _address(inst, attribute, value)
-
-
-def _address(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
-    _host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{attribute.name} must look like HOST:PORT or :PORT, got {value!r}")
+def is_duration(attribute: attrs.Attribute[Any]) -> bool:
+    """Whether a setting is a duration (float seconds, written ``30s``, ``1h``)."""
+    return attribute.type in (float, "float") and attribute.metadata.get("kind") != "rate"
 
 
 @attrs.frozen(kw_only=True)
@@ -181,7 +156,9 @@ class Settings:
     rate_limit: float = attrs.field(
         default=100.0,
         validator=_positive,
-        metadata=_opt("RATE_LIMIT", "messages per second per connection (beyond: 429)"),
+        metadata=_opt(
+            "RATE_LIMIT", "messages per second per connection (beyond: 429)", kind="rate"
+        ),
     )
     rate_burst: int = attrs.field(
         default=200,
@@ -326,6 +303,7 @@ class Settings:
     )
     redis_url: str = attrs.field(
         default="",
+        validator=_redis_url,
         repr=False,  # may carry a password
         metadata=_opt(
             "REDIS_URL",
@@ -336,7 +314,7 @@ class Settings:
     )
     redis_addr: str = attrs.field(
         default="",
-        validator=_optional_address,
+        validator=_redis_addr,
         metadata=_opt("REDIS_ADDR", "Redis HOST:PORT (e.g. localhost:6379); unset: memory store"),
     )
     redis_username: str = attrs.field(
@@ -448,6 +426,12 @@ def _converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, to_bool)
     conv.register_structure_hook(int, to_int)
     conv.register_structure_hook(float, lambda v, _t: parse_duration(v))
+    # Rates are floats too, but not durations: they get their own parser.
+    rates: dict[str, Any] = {
+        a.name: override(struct_hook=_validated(conv, a, parse=parse_rate))
+        for a in attrs.fields(Settings)
+        if a.metadata.get("kind") == "rate"
+    }
     conv.register_structure_hook_func(lambda t: t == tuple[str, ...], to_origins)
     conv.register_structure_hook(str, to_str)
     # Run each field's validator while structuring that field, so a value that
@@ -456,18 +440,22 @@ def _converter() -> cattrs.Converter:
     checked: dict[str, Any] = {
         a.name: override(struct_hook=_validated(conv, a))
         for a in attrs.fields(Settings)
-        if a.validator
+        if a.validator and a.name not in rates
     }
-    conv.register_structure_hook(Settings, make_dict_structure_fn(Settings, conv, **checked))
+    conv.register_structure_hook(
+        Settings, make_dict_structure_fn(Settings, conv, **checked, **rates)
+    )
     return conv
 
 
-def _validated(conv: cattrs.Converter, attribute: attrs.Attribute[Any]) -> Any:
+def _validated(
+    conv: cattrs.Converter, attribute: attrs.Attribute[Any], *, parse: Any = None
+) -> Any:
     validator = attribute.validator
     assert validator is not None
 
     def hook(value: Any, type_: Any) -> Any:
-        result = conv.structure(value, type_)
+        result = parse(value) if parse is not None else conv.structure(value, type_)
         validator(None, attribute, result)
         return result
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -51,10 +52,10 @@ def follow_supervisor() -> None:
 
 
 class _Supervisor:
-    def __init__(self, settings: Settings, argv: Sequence[str]) -> None:
+    def __init__(self, settings: Settings, argv: Sequence[str], listener: socket.socket) -> None:
         self._settings = settings
         self._argv = list(argv)
-        self._listener = open_listener(settings)
+        self._listener = listener
         self._listener.listen(2048)
         self._fd = self._listener.fileno()
         os.set_inheritable(self._fd, True)
@@ -140,13 +141,15 @@ def run_workers(
     settings: Settings,
     argv: Sequence[str],
     *,
+    listener: socket.socket | None = None,
     on_ready: Callable[[int], None] | None = None,
 ) -> int:
     """Serve with ``settings.workers`` processes until SIGTERM/SIGINT; return the exit status.
 
-    ``on_ready`` gets the bound port before the workers start.
+    ``listener`` is the bound public socket (default: bound here from the
+    settings); ``on_ready`` gets its port before the workers start.
     """
-    supervisor = _Supervisor(settings, argv)
+    supervisor = _Supervisor(settings, argv, listener or open_listener(settings))
     if on_ready is not None:
         on_ready(supervisor.port)
     return supervisor.run()

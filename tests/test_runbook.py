@@ -64,6 +64,7 @@ EXPECT: dict[str, str | tuple[str, ...]] = {
     "export SYNCBRIDGE_CONFIG=": r"^/etc/syncbridge/syncbridge\.toml$",
     "export ADMIN_TOKEN=": JWT,
     "export TOKEN=": JWT,
+    ': "${ADMIN_TOKEN:?': (),
     # Quick diagnostics
     "python -m syncbridge check": CHECK_OK,
     "8080/health/details | jq .": (r'"status": "ok"', r'"backend": "redis"'),

@@ -22,6 +22,7 @@ deletes it again.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 import time
@@ -32,15 +33,24 @@ from urllib.parse import urlsplit
 
 import attrs
 import trio
-from trio_websocket import ConnectionRejected, HandshakeError
+from trio_websocket import ConnectionRejected
 
 from syncbridge.auth import METRICS_ROLE, TokenAuthority
-from syncbridge.client import AuthFailed, Client, Disconnected, ServerError, open_client
+from syncbridge.client import (
+    AuthFailed,
+    Client,
+    ConnectFailed,
+    Disconnected,
+    ServerError,
+    open_client,
+)
+from syncbridge.errors import ConfigError
 from syncbridge.protocol.messages import MessageType
 from syncbridge.settings import Settings, load_settings
 from syncbridge.tools import advice
 from syncbridge.tools.advice import StepFailed
 from syncbridge.tools.health_probe import fetch_health, health_verdict, store_verdict
+from syncbridge.tools.secret import port_of, signing_secret
 
 __all__ = [
     "STEPS",
@@ -98,8 +108,15 @@ class CheckReport:
             self.say(f"     -> {result.resolution}")
 
     def say(self, line: str) -> None:
-        """Print one line of the report."""
-        print(line, file=self._out, flush=True)
+        """Print one line of the report (nothing once the reader has gone, as ``| head -1``)."""
+        try:
+            print(line, file=self._out, flush=True)
+        except BrokenPipeError:
+            # Keep checking (the exit status still tells), but write to /dev/null
+            # from now on, so neither this print nor the flush at exit raises again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._out.fileno())
+            os.close(devnull)
 
     @property
     def passed(self) -> bool:
@@ -132,7 +149,7 @@ class _Check:
         url: str,
         ws_url: str,
         timeout: float,
-        tokens: tuple[str, str] | None,
+        tokens: tuple[str, str] | str,
         nonce: str,
         report: CheckReport,
         operator_token: str | None = None,
@@ -140,6 +157,7 @@ class _Check:
         self.url = url
         self.ws_url = ws_url
         self.timeout = timeout
+        # Two tokens, or why none could be minted.
         self.tokens = tokens
         self.operator_token = operator_token
         self.nonce = nonce
@@ -222,16 +240,13 @@ class _Check:
                 self.clients = [device_a, device_b]
                 self.passed("ws-connect", f"devices A and B connected to {self.ws_url}")
                 await self._ws_steps()
-        except* ConnectionRejected as group:
+        except ConnectFailed as exc:
             if connected:
                 raise
-            failure = advice.rejected(advice.first_leaf(group), self.ws_url)
-        except* (OSError, HandshakeError, trio.TooSlowError) as group:
-            if connected:
-                raise
-            failure = advice.network_failure(
-                advice.first_leaf(group), self.ws_url, timeout=self.timeout
-            )
+            if isinstance(exc.__cause__, ConnectionRejected):
+                failure = advice.rejected(exc.__cause__, self.ws_url)
+            else:
+                failure = advice.network_failure(exc, self.ws_url, timeout=self.timeout)
         if failure is not None:
             self.failed("ws-connect", failure)
             self.skip(_WS_STEPS[1:], "no WebSocket connection")
@@ -269,10 +284,8 @@ class _Check:
         return open_client(self.ws_url, heartbeat_interval=None, connect_timeout=self.timeout)
 
     async def _auth(self) -> str:
-        if self.tokens is None:
-            raise StepFailed(
-                "JWT_SECRET is not set here, so no token can be minted", advice.NO_SECRET
-            )
+        if isinstance(self.tokens, str):
+            raise StepFailed(self.tokens, advice.NO_SECRET)
         device_a, device_b = self.clients
         self.identity = await device_a.authenticate(
             self.tokens[0], device_type="syncbridge-check", device_name="check device A"
@@ -373,13 +386,18 @@ def _operator_token(settings: Settings, session_id: str) -> str | None:
     return token
 
 
-def _tokens(settings: Settings, token: str | None, session_id: str) -> tuple[str, str] | None:
+def _tokens(
+    settings: Settings, token: str | None, session_id: str, port: int
+) -> tuple[str, str] | str:
+    """Tokens for devices A and B, or why none can be minted."""
     if token is not None:
         # Many sockets may share one token; the broadcast still reaches the other socket.
         return token, token
-    if settings.secret_is_ephemeral:
-        return None
-    authority = TokenAuthority(settings.jwt_secret)
+    try:
+        secret = signing_secret(settings, port)
+    except ConfigError as exc:
+        return str(exc)
+    authority = TokenAuthority(secret)
     now = time.time()
     minted = [
         authority.mint(
@@ -416,7 +434,7 @@ async def run_check(
         url=base,
         ws_url=ws_url or _ws_url_for(base),
         timeout=timeout,
-        tokens=_tokens(settings, token, session_id),
+        tokens=_tokens(settings, token, session_id, port_of(base)),
         operator_token=_operator_token(settings, session_id),
         nonce=nonce,
         report=report,

@@ -30,14 +30,20 @@ from typing import Any, Final
 import attrs
 import orjson
 import trio
-from trio_websocket import ConnectionRejected, HandshakeError
 
 from syncbridge.auth import TokenAuthority
-from syncbridge.client import AuthFailed, Client, Disconnected, ServerError, open_client
+from syncbridge.client import (
+    AuthFailed,
+    Client,
+    ConnectFailed,
+    Disconnected,
+    ServerError,
+    open_client,
+)
 from syncbridge.errors import ConfigError
 from syncbridge.protocol.messages import MessageType
 from syncbridge.settings import load_settings, parse_duration
-from syncbridge.tools.advice import first_leaf
+from syncbridge.tools.secret import port_of, signing_secret
 
 __all__ = ["TerminalOptions", "add_arguments", "main", "run_terminal"]
 
@@ -205,12 +211,14 @@ async def run_terminal(
                     connect_timeout=options.connect_timeout,
                 )
             )
-        except* ConnectionRejected as group:
-            rejected = first_leaf(group)
-            status = rejected.status_code if isinstance(rejected, ConnectionRejected) else "?"
-            failure = f"{options.url} refused the WebSocket upgrade with HTTP {status}"
-        except* (OSError, HandshakeError, trio.TooSlowError) as group:
-            failure = f"cannot connect to {options.url}: {first_leaf(group) or 'timed out'}"
+        except ConnectFailed as exc:
+            failure = (
+                f"{options.url} refused the WebSocket upgrade with HTTP {exc.status_code}"
+                if exc.status_code is not None
+                else str(exc)
+            )
+        except ValueError as exc:  # not a ws:// or wss:// URL
+            failure = str(exc)
         if failure is None:
             return await _Terminal(client, options, out, err).run(lines)
     err(f"syncbridge client: {failure}")
@@ -259,16 +267,12 @@ def _token(args: argparse.Namespace) -> str | None:
     if not all(minting):
         raise ConfigError("--user, --device and --session are needed together to mint a token")
     settings = load_settings(config_file=args.config)
-    if settings.secret_is_ephemeral:
-        raise ConfigError(
-            "JWT_SECRET is not set: export the service's JWT_SECRET to mint a token, "
-            "or pass --token"
-        )
+    secret = signing_secret(settings, port_of(args.url))
     try:
         ttl = parse_duration(args.ttl)
     except ValueError as exc:
         raise ConfigError(f"--ttl: {exc}") from None
-    minted, _ = TokenAuthority(settings.jwt_secret).mint(
+    minted, _ = TokenAuthority(secret).mint(
         user_id=args.user,
         device_id=args.device,
         session_id=args.session,

@@ -123,13 +123,15 @@ async def _drain(reader: LineReader) -> None:
 
 @asynccontextmanager
 async def run_server(
-    *args: str, env: Mapping[str, str] | None = None
+    *args: str, env: Mapping[str, str] | None = None, port: int | None = None
 ) -> AsyncIterator[ServerProcess]:
-    """Start ``python -m syncbridge --addr 127.0.0.1:<free port> *args``; yield once it serves.
+    """Start ``python -m syncbridge --addr 127.0.0.1:<port> *args``; yield once it serves.
 
-    The process is killed on exit if the test has not stopped it.
+    ``port`` defaults to a free one (give the previous one to restart a server
+    where its clients expect it). The process is killed on exit if the test has
+    not stopped it.
     """
-    port = free_port()
+    port = port or free_port()
     process = await trio.lowlevel.open_process(
         [*COMMAND, "--addr", f"127.0.0.1:{port}", *args],
         stdin=subprocess.DEVNULL,

@@ -20,8 +20,9 @@ SECRET = "cli-test-secret-that-is-at-least-32-bytes"
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No SyncBridge setting leaks in from the environment the tests run in."""
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No SyncBridge setting (nor a try-out server's secret) leaks in from outside."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     for option in iter_options():
         monkeypatch.delenv(option.metadata["env"], raising=False)
     monkeypatch.delenv("SYNCBRIDGE_CONFIG", raising=False)

@@ -128,7 +128,7 @@ async def test_check_https_to_a_plain_http_port_names_tls(server: RunningServer)
 async def test_check_without_secret_fails_at_ws_auth(server: RunningServer) -> None:
     report, text = await check(server.http, settings=load_settings(environ={}))
     assert verdicts(report)["ws-auth"] == "FAIL"
-    assert "JWT_SECRET is not set here" in text
+    assert "JWT_SECRET is not set and no try-out server" in text
     assert "pass --token" in text
 
 

@@ -27,45 +27,26 @@ from typing import Any
 
 import orjson
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    connect_websocket_url,
+)
 from wsproto.utilities import LocalProtocolError
 
+from syncbridge.client.errors import (
+    AuthFailed,
+    ConnectFailed,
+    Disconnected,
+    ServerError,
+    disconnected_by,
+)
 from syncbridge.protocol.messages import MessageType
 
-__all__ = ["AuthFailed", "Client", "Disconnected", "ServerError", "open_client"]
+__all__ = ["Client", "open_client"]
 
 _HEARTBEAT_PREFIX = "hb:"
-
-
-class ServerError(Exception):
-    """The server answered a request with Error (6) or AuthFailure (9)."""
-
-    def __init__(self, message: dict[str, Any]) -> None:
-        payload = message.get("payload") or {}
-        self.code: int = payload.get("code", 0)
-        self.error_code: str | None = payload.get("error_code")
-        self.message: str = payload.get("message", "")
-        self.details: dict[str, Any] | None = payload.get("details")
-        self.raw = message
-        super().__init__(f"{self.code} {self.error_code or ''}: {self.message}".strip())
-
-
-class AuthFailed(ServerError):
-    """The token was refused (AuthFailure, code 401)."""
-
-
-class Disconnected(Exception):
-    """The connection is closed; ``code`` and ``reason`` are the close frame's."""
-
-    def __init__(self, code: int | None, reason: str | None) -> None:
-        self.code = code
-        self.reason = reason
-        super().__init__(f"connection closed: {code} {reason or ''}".strip())
-
-
-def _disconnected(exc: ConnectionClosed) -> Disconnected:
-    reason = exc.reason
-    return Disconnected(reason.code if reason else None, reason.reason if reason else None)
 
 
 class Client:
@@ -103,7 +84,7 @@ class Client:
                 self._pending.append(message)
                 self._wake()
         except ConnectionClosed as exc:
-            self.closed = _disconnected(exc)
+            self.closed = disconnected_by(exc)
         finally:
             if self.closed is None:
                 self.closed = Disconnected(None, "client closed")
@@ -119,9 +100,13 @@ class Client:
     async def _heartbeat_loop(self, interval: float) -> None:
         for n in itertools.count():
             await trio.sleep(interval)
-            await self.send(
-                {"type": MessageType.HEARTBEAT, "payload": {}, "correlation_id": f"hb:{n}"}
-            )
+            try:
+                await self.send(
+                    {"type": MessageType.HEARTBEAT, "payload": {}, "correlation_id": f"hb:{n}"}
+                )
+            except Disconnected:
+                # Closed: the reader has recorded why; the application learns it there.
+                return
 
     # -- sending --------------------------------------------------------------
 
@@ -130,7 +115,7 @@ class Client:
         try:
             await self._ws.send_message(text)
         except ConnectionClosed as exc:
-            raise _disconnected(exc) from None
+            raise disconnected_by(exc) from None
 
     async def send(self, message: dict[str, Any]) -> None:
         """Send one message; ``timestamp`` is filled in when missing."""
@@ -190,9 +175,9 @@ class Client:
         reply = await self.request(MessageType.HEARTBEAT, {"client_time": client_time})
         return dict(reply["payload"])
 
-    async def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self, *, timeout: float = 10.0) -> dict[str, Any]:
         """The session's state: ``{session_id, state_data, created_at, version, ...}``."""
-        reply = await self.request(MessageType.SNAPSHOT_REQUEST, {})
+        reply = await self.request(MessageType.SNAPSHOT_REQUEST, {}, timeout=timeout)
         return dict(reply["payload"])
 
     async def update(self, key: str, value: Any) -> int:
@@ -264,6 +249,36 @@ class Client:
         await self._ws.aclose(code, reason)
 
 
+def _check_url(url: str) -> None:
+    if not url.startswith(("ws://", "wss://")):
+        scheme = url.partition("://")[0] if "://" in url else url
+        hint = " (the WebSocket endpoint is ws://HOST:PORT/ws)" if scheme.startswith("http") else ""
+        raise ValueError(f"a WebSocket URL starts with ws:// or wss://, got {url!r}{hint}")
+
+
+async def _connect(
+    nursery: trio.Nursery, url: str, *, max_message_bytes: int, connect_timeout: float
+) -> WebSocketConnection:
+    """Open the WebSocket, translating every way it can fail into ConnectFailed."""
+    try:
+        with trio.fail_after(connect_timeout):
+            return await connect_websocket_url(nursery, url, max_message_size=max_message_bytes)
+    except trio.TooSlowError as exc:
+        raise ConnectFailed(url, f"no answer within {connect_timeout:g}s") from exc
+    except OSError as exc:
+        raise ConnectFailed(url, _os_reason(exc)) from exc
+
+
+def _os_reason(exc: OSError) -> str:
+    """Why a connection failed: trio's "all attempts failed" keeps the errors in its cause."""
+    cause = exc.__cause__
+    while isinstance(cause, BaseExceptionGroup):
+        cause = cause.exceptions[0]
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
 @asynccontextmanager
 async def open_client(
     url: str,
@@ -274,35 +289,74 @@ async def open_client(
     heartbeat_interval: float | None = 30.0,
     max_message_bytes: int = 16 * 1024 * 1024,
     connect_timeout: float = 10.0,
+    max_pending: int = 10_000,
 ) -> AsyncIterator[Client]:
     """Connect (and authenticate when ``token`` is given); close on exit.
 
+    Raises exactly the documented exceptions, never an exception group:
+    :class:`ConnectFailed` when no connection can be made, :class:`AuthFailed`
+    for a refused token, :class:`Disconnected` if the server closes first, and
+    ``ValueError`` for a URL that is not ``ws://`` or ``wss://``. Exceptions
+    raised inside the ``async with`` block come out unchanged.
+
     A Heartbeat goes out every ``heartbeat_interval`` seconds (None: never), as
-    the server expects a sign of life at least every 60 s.
+    the server expects a sign of life at least every 60 s. At most
+    ``max_pending`` unclaimed messages are kept; then reading pauses.
     """
+    _check_url(url)
     closing = False
+    # The nursery would wrap whatever leaves its body in an ExceptionGroup; the
+    # body's own exception is carried out of it and raised as it is instead.
+    # (Cancelled is left alone: it belongs to trio's cancel scopes.)
+    failure: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            with trio.fail_after(connect_timeout):
-                ws = await connect_websocket_url(nursery, url, max_message_size=max_message_bytes)
-            client = Client(ws)
-            nursery.start_soon(client._read_loop)
-            if heartbeat_interval is not None:
-                nursery.start_soon(client._heartbeat_loop, heartbeat_interval)
             try:
-                if token is not None:
-                    await client.authenticate(
-                        token, device_type=device_type, device_name=device_name
-                    )
-                yield client
+                ws = await _connect(
+                    nursery,
+                    url,
+                    max_message_bytes=max_message_bytes,
+                    connect_timeout=connect_timeout,
+                )
+                client = Client(ws, max_pending=max_pending)
+                nursery.start_soon(client._read_loop)
+                if heartbeat_interval is not None:
+                    nursery.start_soon(client._heartbeat_loop, heartbeat_interval)
+                try:
+                    if token is not None:
+                        await client.authenticate(
+                            token, device_type=device_type, device_name=device_name
+                        )
+                    yield client
+                finally:
+                    closing = True
+                    with trio.move_on_after(2, shield=True):
+                        await ws.aclose()
+            except Exception as exc:
+                failure = exc
             finally:
                 closing = True
-                with trio.move_on_after(2, shield=True):
-                    await ws.aclose()
                 nursery.cancel_scope.cancel()
+    except* HandshakeError as group:
+        # trio-websocket's reader task (not connect) raises a refused upgrade.
+        rejected = _first_leaf(group)
+        status = getattr(rejected, "status_code", None)
+        reason = f"the server refused the upgrade with HTTP {status}" if status else "handshake"
+        failure = ConnectFailed(url, reason, status_code=status)
+        failure.__cause__ = rejected
     except* LocalProtocolError:
         # trio-websocket's reader can trip over a server ping that arrives while
         # the close handshake is under way (trio-websocket issue #184); once we
         # are closing anyway, that is not an error of the caller's.
         if not closing:
             raise
+    if failure is not None:
+        raise failure
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The first exception in ``group`` that is not itself a group."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
