@@ -45,6 +45,7 @@ class RedisBackend:
             max_keys=settings.max_keys,
             timeout=settings.store_timeout,
             target=target,
+            batch=not settings.redis_cluster,
         )
         self.presence = RedisPresence(
             self.client,
@@ -73,6 +74,7 @@ class RedisBackend:
             else:
                 log.info("Redis at %s answers in %.2f ms", self._target, latency * 1000)
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.store.run)
                 await nursery.start(self.broker.run)
                 await nursery.start(self.presence.run)
                 task_status.started()

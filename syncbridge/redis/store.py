@@ -1,4 +1,4 @@
-"""RedisStore: durable, versioned session state; one script round trip per update."""
+"""RedisStore: durable, versioned session state; one script per update, pipelined."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from syncbridge.protocol.session import (
     change_from_record,
 )
 from syncbridge.redis import scripts
+from syncbridge.redis.batch import ScriptBatcher
 from syncbridge.redis.connection import Keys, RedisClient, call
 from syncbridge.store.base import Origin
 
@@ -54,6 +55,7 @@ class RedisStore:
         history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES,
         max_replay_bytes: int | None = None,
         target: str = "",
+        batch: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.target = target  # where Redis is, for /health (never the password)
@@ -71,6 +73,11 @@ class RedisStore:
         self._timeout = timeout
         self._clock = clock
         self._apply = client.register_script(scripts.APPLY)
+        # Updates that arrive together are sent as one pipeline (redis/batch.py);
+        # not on a cluster, where one pipeline would span shards.
+        self._batcher = (
+            ScriptBatcher(client, scripts.APPLY, what="update", timeout=timeout) if batch else None
+        )
         self._snapshot = client.register_script(scripts.SNAPSHOT)
         self._changes = client.register_script(scripts.CHANGES)
 
@@ -95,29 +102,31 @@ class RedisStore:
         )
         # The script appends the envelope's identity fields after "payload".
         tail_text = "," + tail.decode()[1:]
+        apply_keys = [keys.state, keys.meta, keys.history]
+        apply_args = [
+            key,
+            operation.value,
+            value_json,
+            now,
+            self._ttl_ms,
+            self._history_size,
+            self._max_state_bytes,
+            self._max_keys,
+            keys.channel,
+            tail_text,
+            self._header(origin.connection if origin else None, None),
+            origin.user_id if origin else "",
+            origin.device_id if origin else "",
+            self._publish,
+            self._history_max_bytes,
+        ]
+        batcher = self._batcher
         reply: Any = await call(
             "update",
             self._timeout,
-            lambda: self._apply(
-                keys=[keys.state, keys.meta, keys.history],
-                args=[
-                    key,
-                    operation.value,
-                    value_json,
-                    now,
-                    self._ttl_ms,
-                    self._history_size,
-                    self._max_state_bytes,
-                    self._max_keys,
-                    keys.channel,
-                    tail_text,
-                    self._header(origin.connection if origin else None, None),
-                    origin.user_id if origin else "",
-                    origin.device_id if origin else "",
-                    self._publish,
-                    self._history_max_bytes,
-                ],
-            ),
+            (lambda: batcher.call(apply_keys, apply_args))
+            if batcher is not None
+            else (lambda: self._apply(keys=apply_keys, args=apply_args)),
         )
         status = reply[0]
         if status == b"STATE_TOO_LARGE":
@@ -197,6 +206,9 @@ class RedisStore:
         return time.perf_counter() - started
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Nothing to do in the background: Redis expires sessions by itself."""
-        task_status.started()
-        await trio.sleep_forever()
+        """Send batched updates (Redis expires sessions by itself)."""
+        if self._batcher is not None:
+            await self._batcher.run(task_status=task_status)
+        else:
+            task_status.started()
+            await trio.sleep_forever()

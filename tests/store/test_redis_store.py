@@ -159,7 +159,11 @@ async def test_redis_store_hung_redis_times_out_and_replies_stay_in_step(
     await redis_bench.redis.cli("CLIENT", "PAUSE", "1300", "ALL")  # up, but answers nothing
     for attempt in (lambda: store.apply("hung", "b", 2, SET), lambda: store.snapshot("hung")):
         started = trio.current_time()
-        with pytest.raises(StoreUnavailable, match=r"no answer within 0\.5s"):
+        # No answer in time; or, for a request that needs a new connection while the
+        # pipelined update holds the first one, no connection in time.
+        with pytest.raises(
+            StoreUnavailable, match=r"no answer within 0\.5s|establish a connection"
+        ):
             await attempt()
         # The outcome is the refusal; the clock only shows it was not answered early
         # and did not hang (a loaded machine may add seconds, never subtract).
