@@ -1004,14 +1004,24 @@ class PySpy:
 
 def _profile_fanout(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
     """Memory store, SxD fan-out at --fixed-rate: raw profile, then a flame graph."""
+    with serve("syncbridge", args) as server:
+        return _profile_fanout_on(server, args, stamp, "fanout")
+
+
+def _profile_redis_fanout(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
+    """The same fan-out on the Redis store (a private redis-server)."""
+    with running_redis() as redis, syncbridge_on_redis(redis, 1, args) as servers:
+        return _profile_fanout_on(servers[0], args, stamp, "redis-fanout")
+
+
+def _profile_fanout_on(
+    server: Server, args: argparse.Namespace, stamp: str, name: str
+) -> dict[str, Any]:
     from bench.profile_summary import summarise
 
-    raw = RESULTS / f"profile-{stamp}-fanout.txt"
-    svg = RESULTS / f"profile-{stamp}-fanout.svg"
-    with (
-        serve("syncbridge", args) as server,
-        LoadGen(args.workers, "syncbridge", client=args.client, cpus=CLIENT_CPUS) as lg,
-    ):
+    raw = RESULTS / f"profile-{stamp}-{name}.txt"
+    svg = RESULTS / f"profile-{stamp}-{name}.svg"
+    with LoadGen(args.workers, "syncbridge", client=args.client, cpus=CLIENT_CPUS) as lg:
         fleet = Fleet(
             protocol="syncbridge",
             sessions=args.sessions,
@@ -1036,11 +1046,11 @@ def _profile_fanout(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
             )
             spy.wait()
             steps.append(step)
-            log("profile fanout:", brief(step))
+            log(f"profile {name}:", brief(step))
         lg.call_all("close")
     load = steps[0]
     return {
-        "what": f"fan-out {args.sessions}x{args.devices} at {args.fixed_rate:g} deliveries/s",
+        "what": f"{name} {args.sessions}x{args.devices} at {args.fixed_rate:g} deliveries/s",
         "unit": "delivery",
         "load": load,
         "raw_profile": str(raw.relative_to(RESULTS.parent.parent)),
@@ -1130,6 +1140,7 @@ def _profile_redis_acks(args: argparse.Namespace, stamp: str) -> dict[str, Any]:
 
 PROFILES = {
     "fanout": _profile_fanout,
+    "redis-fanout": _profile_redis_fanout,
     "connect": _profile_connect,
     "redis-acks": _profile_redis_acks,
 }

@@ -323,12 +323,19 @@ class WebSocket:
     # -- closing ------------------------------------------------------------------
 
     async def wait_peer_closed(self) -> None:
-        """Read and discard until the peer's close frame or end of stream."""
+        """Read and discard until the peer's close frame or end of stream.
+
+        Once both close frames have crossed, the closing handshake is complete: a
+        server closes the TCP connection then (RFC 6455 §7.1.1), it does not wait for
+        the client's end of stream (the client waits for ours).
+        """
         protocol = self._protocol
         for event in (*self._events, *protocol.events_received()):
             self._on_frame(event)
         self._events.clear()
-        while protocol.state is not State.CLOSED and not self._broken:
+        while (
+            protocol.close_rcvd is None and protocol.state is not State.CLOSED and not self._broken
+        ):
             data = await self._receive_some()
             if data:
                 protocol.receive_data(data)
