@@ -11,8 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 import orjson
@@ -46,6 +45,7 @@ from syncbridge.protocol.session import Snapshot
 from syncbridge.refusals import RefusalLog
 from syncbridge.settings import Settings
 from syncbridge.store.base import Origin, Store
+from syncbridge.store.locks import SessionLocks
 
 __all__ = ["DEFAULT_TOKEN_MAX_LIFETIME", "Peer", "SessionService"]
 
@@ -108,7 +108,7 @@ class SessionService:
         self._leave_timeout = leave_timeout
         self.clock = clock
         self._last_time = 0
-        self._locks: dict[str, trio.Lock] = {}
+        self.locks = SessionLocks()
 
     def now(self) -> int:
         """Server time in Unix seconds, never going backwards (v1: server_time)."""
@@ -353,27 +353,10 @@ class SessionService:
             snap = await self.store.snapshot(claims.session_id)
         await self._reply(peer, MessageType.SNAPSHOT_RESPONSE, _snapshot_payload(snap), cid)
 
-    @asynccontextmanager
-    async def _session_lock(self, session_id: str) -> AsyncIterator[None]:
-        # One writer at a time per session, in arrival order (trio.Lock is
-        # fair): versions are then fanned out in the order the store assigned
-        # them, and a full outbox holds back later versions instead of being
-        # overtaken by them.
-        lock = self._locks.get(session_id)
-        if lock is None:
-            lock = self._locks[session_id] = trio.Lock()
-        try:
-            async with lock:
-                yield
-        finally:
-            stats = lock.statistics()
-            if not stats.locked and not stats.tasks_waiting and self._locks.get(session_id) is lock:
-                del self._locks[session_id]
-
     async def _update(self, peer: Peer, request: StateUpdateRequest, cid: Any) -> None:
         claims = self._owned(peer)
         started = time.perf_counter()
-        async with self._session_lock(claims.session_id):
+        async with self.locks.hold(claims.session_id):
             with self.metrics.store_operation("apply"):
                 change = await self.store.apply(
                     claims.session_id,
@@ -381,6 +364,7 @@ class SessionService:
                     request.value,
                     request.operation,
                     Origin(claims.user_id, claims.device_id, peer.key),
+                    base_version=request.base_version,
                 )
             self.metrics.update_store_seconds.observe(time.perf_counter() - started)
             # Encoded once for the ack and the broadcast: a value can be

@@ -10,13 +10,15 @@ from typing import Any
 import orjson
 import trio
 
-from syncbridge.errors import LimitExceeded
+from syncbridge.errors import LimitExceeded, VersionConflict
 from syncbridge.protocol.messages import Operation
 from syncbridge.protocol.session import (
     DEFAULT_HISTORY_MAX_BYTES,
     Change,
+    Commit,
+    Edit,
     Snapshot,
-    change_from_record,
+    changes_from_record,
 )
 from syncbridge.redis import scripts
 from syncbridge.redis.connection import Keys, RedisClient, call
@@ -27,6 +29,10 @@ __all__ = ["RedisStore"]
 
 def _int(raw: Any) -> int | None:
     return int(raw) if raw is not None else None
+
+
+def _text(raw: Any) -> str | None:
+    return raw.decode() if raw else None
 
 
 class RedisStore:
@@ -71,6 +77,7 @@ class RedisStore:
         self._timeout = timeout
         self._clock = clock
         self._apply = client.register_script(scripts.APPLY)
+        self._apply_many = client.register_script(scripts.APPLY_MANY)
         self._snapshot = client.register_script(scripts.SNAPSHOT)
         self._changes = client.register_script(scripts.CHANGES)
 
@@ -81,20 +88,14 @@ class RedisStore:
         value: Any,
         operation: Operation,
         origin: Origin | None = None,
+        base_version: int | None = None,
     ) -> Change:
-        """Apply one change in one round trip; raise LimitExceeded or StoreUnavailable."""
+        """Apply one change in one round trip; raise LimitExceeded, VersionConflict
+        or StoreUnavailable."""
         keys = Keys(session_id)
         now = int(self._clock())
         value_json = b"null" if operation is Operation.DELETE else orjson.dumps(value)
-        tail = orjson.dumps(
-            {
-                "session_id": session_id,
-                "user_id": origin.user_id if origin else None,
-                "device_id": origin.device_id if origin else None,
-            }
-        )
-        # The script appends the envelope's identity fields after "payload".
-        tail_text = "," + tail.decode()[1:]
+        tail_text = _tail(session_id, origin)
         reply: Any = await call(
             "update",
             self._timeout,
@@ -116,10 +117,72 @@ class RedisStore:
                     origin.device_id if origin else "",
                     self._publish,
                     self._history_max_bytes,
+                    "" if base_version is None else base_version,
                 ],
             ),
         )
+        self._check(reply, base_version)
+        return Change(
+            version=int(reply[1]),
+            key=key,
+            value=None if operation is Operation.DELETE else value,
+            operation=operation,
+            at=now,
+            user_id=origin.user_id if origin else None,
+            device_id=origin.device_id if origin else None,
+        )
+
+    async def apply_many(
+        self,
+        session_id: str,
+        edits: tuple[Edit, ...],
+        origin: Origin | None = None,
+        base_version: int | None = None,
+    ) -> Commit:
+        """Apply several edits as one version in one script round trip."""
+        if not edits:
+            raise RuntimeError("apply_many needs at least one edit")
+        keys = Keys(session_id)
+        now = int(self._clock())
+        args: list[Any] = [
+            now,
+            self._ttl_ms,
+            self._history_size,
+            self._max_state_bytes,
+            self._max_keys,
+            keys.channel,
+            _tail(session_id, origin),
+            self._header(origin.connection if origin else None, None),
+            origin.user_id if origin else "",
+            origin.device_id if origin else "",
+            self._publish,
+            self._history_max_bytes,
+            "" if base_version is None else base_version,
+        ]
+        for edit in edits:
+            args += [edit.key, edit.operation.value, edit.raw]
+        reply: Any = await call(
+            "update",
+            self._timeout,
+            lambda: self._apply_many(keys=[keys.state, keys.meta, keys.history], args=args),
+        )
+        self._check(reply, base_version)
+        return Commit(
+            version=int(reply[1]),
+            edits=edits,
+            at=now,
+            user_id=origin.user_id if origin else None,
+            device_id=origin.device_id if origin else None,
+        )
+
+    def _check(self, reply: Any, base_version: int | None) -> None:
+        """Raise what a script's refusal means."""
         status = reply[0]
+        if status == b"OK":
+            return
+        if status == b"VERSION_CONFLICT":
+            assert base_version is not None
+            raise VersionConflict(current_version=int(reply[1]), base_version=base_version)
         if status == b"STATE_TOO_LARGE":
             raise LimitExceeded(
                 f"session state would grow to {reply[1]} bytes; the limit is "
@@ -135,15 +198,7 @@ class RedisStore:
                 error_code="TOO_MANY_KEYS",
                 details={"limit_keys": self._max_keys},
             )
-        return Change(
-            version=int(reply[1]),
-            key=key,
-            value=None if operation is Operation.DELETE else value,
-            operation=operation,
-            at=now,
-            user_id=origin.user_id if origin else None,
-            device_id=origin.device_id if origin else None,
-        )
+        raise RuntimeError(f"unexpected reply from the update script: {status!r}")
 
     async def snapshot(self, session_id: str) -> Snapshot:
         """The whole state and its version, read atomically."""
@@ -155,13 +210,15 @@ class RedisStore:
         )
         flat, meta = result
         values = {flat[i].decode(): bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
-        version, created_at, updated_at = (_int(x) for x in meta)
+        version, created_at, updated_at = (_int(x) for x in meta[:3])
         return Snapshot(
             session_id=session_id,
             values=values,
             version=version or 0,
             created_at=created_at,
             updated_at=updated_at,
+            updated_by_user=_text(meta[3]),
+            updated_by_device=_text(meta[4]),
         )
 
     async def changes_since(self, session_id: str, version: int) -> list[Change] | None:
@@ -183,7 +240,7 @@ class RedisStore:
         )
         if reply[0] != b"CHANGES":
             return None
-        return [change_from_record(orjson.loads(r)) for r in reply[1:]]
+        return [c for r in reply[1:] for c in changes_from_record(orjson.loads(r))]
 
     async def ping(self) -> float:
         """Round-trip time of a small write, so that a Redis refusing writes (OOM,
@@ -200,3 +257,15 @@ class RedisStore:
         """Nothing to do in the background: Redis expires sessions by itself."""
         task_status.started()
         await trio.sleep_forever()
+
+
+def _tail(session_id: str, origin: Origin | None) -> str:
+    """The envelope's identity fields, which the scripts append after "payload"."""
+    tail = orjson.dumps(
+        {
+            "session_id": session_id,
+            "user_id": origin.user_id if origin else None,
+            "device_id": origin.device_id if origin else None,
+        }
+    )
+    return "," + tail.decode()[1:]

@@ -8,18 +8,19 @@ import attrs
 import trio
 
 from syncbridge.protocol.messages import Operation
-from syncbridge.protocol.session import Change, Snapshot
+from syncbridge.protocol.session import Change, Commit, Edit, Snapshot
 
 __all__ = ["Origin", "Store"]
 
 
 @attrs.frozen
 class Origin:
-    """Who made a change: the identity for the broadcast and the connection to skip."""
+    """Who made a change: the identity for the broadcast and the connection to skip
+    (None for a write that came over HTTP: every connection is told)."""
 
     user_id: str
     device_id: str
-    connection: int
+    connection: int | None
 
 
 class Store(Protocol):
@@ -48,8 +49,27 @@ class Store(Protocol):
         value: Any,
         operation: Operation,
         origin: Origin | None = None,
+        base_version: int | None = None,
     ) -> Change:
-        """Apply one change atomically and return it with its new version."""
+        """Apply one change atomically and return it with its new version.
+
+        With ``base_version``, raise :class:`syncbridge.errors.VersionConflict`
+        (nothing applied) unless the session is at exactly that version.
+        """
+        ...
+
+    async def apply_many(
+        self,
+        session_id: str,
+        edits: tuple[Edit, ...],
+        origin: Origin | None = None,
+        base_version: int | None = None,
+    ) -> Commit:
+        """Apply edits of distinct keys as ONE new version, all or none, atomically.
+
+        Publishing stores publish one StateUpdate per edit, each carrying the new
+        version. Limits are checked on the result; ``base_version`` as in ``apply``.
+        """
         ...
 
     async def changes_since(self, session_id: str, version: int) -> list[Change] | None:

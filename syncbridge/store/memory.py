@@ -12,6 +12,8 @@ from syncbridge.protocol.messages import Operation
 from syncbridge.protocol.session import (
     DEFAULT_HISTORY_MAX_BYTES,
     Change,
+    Commit,
+    Edit,
     SessionState,
     Snapshot,
 )
@@ -83,16 +85,11 @@ class MemoryStore:
         value: Any,
         operation: Operation,
         origin: Origin | None = None,
+        base_version: int | None = None,
     ) -> Change:
         """Apply one change; the whole read-modify-write happens without a checkpoint."""
         now = self._clock()
-        state = self._live(session_id)
-        if state is None:
-            state = SessionState(
-                session_id=session_id,
-                history_size=self._history_size,
-                history_max_bytes=self._history_max_bytes,
-            )
+        state = self._state(session_id)
         change = state.apply(
             key,
             value,
@@ -102,15 +99,52 @@ class MemoryStore:
             max_keys=self._max_keys,
             user_id=origin.user_id if origin else None,
             device_id=origin.device_id if origin else None,
+            base_version=base_version,
         )
-        # Registered only once a change is accepted: a refused first write must
-        # leave no session behind (every held session has an expiry).
-        self._sessions[session_id] = state
-        self._expires[session_id] = now + self._ttl
+        self._keep(session_id, state, now)
         # The checkpoint comes after the change so that cancellation can never
         # separate "applied" from "returned".
         await trio.lowlevel.cancel_shielded_checkpoint()
         return change
+
+    async def apply_many(
+        self,
+        session_id: str,
+        edits: tuple[Edit, ...],
+        origin: Origin | None = None,
+        base_version: int | None = None,
+    ) -> Commit:
+        """Apply several edits as one version, without a checkpoint midway."""
+        now = self._clock()
+        state = self._state(session_id)
+        commit = state.apply_many(
+            edits,
+            now=int(now),
+            max_state_bytes=self._max_state_bytes,
+            max_keys=self._max_keys,
+            user_id=origin.user_id if origin else None,
+            device_id=origin.device_id if origin else None,
+            base_version=base_version,
+        )
+        self._keep(session_id, state, now)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return commit
+
+    def _state(self, session_id: str) -> SessionState:
+        state = self._live(session_id)
+        if state is None:
+            state = SessionState(
+                session_id=session_id,
+                history_size=self._history_size,
+                history_max_bytes=self._history_max_bytes,
+            )
+        return state
+
+    def _keep(self, session_id: str, state: SessionState, now: float) -> None:
+        # Registered only once a change is accepted: a refused first write must
+        # leave no session behind (every held session has an expiry).
+        self._sessions[session_id] = state
+        self._expires[session_id] = now + self._ttl
 
     async def changes_since(self, session_id: str, version: int) -> list[Change] | None:
         """Changes after ``version`` from the capped in-memory history, or None when
