@@ -20,6 +20,7 @@ from syncbridge.backend import MemoryBackend, create_backend
 from syncbridge.connection import Connection
 from syncbridge.errors import CloseCode
 from syncbridge.http.admin import AdminRoutes, is_admin_path
+from syncbridge.http.api import ApiContext, create_api
 from syncbridge.http.health import health, readiness
 from syncbridge.http.response import send_json
 from syncbridge.hub import Hub
@@ -81,6 +82,7 @@ class SyncBridgeApp:
             clock=clock,
         )
         self.admin = AdminRoutes(self, self.service.authority, self.metrics)
+        self.api = create_api(ApiContext.create(self.service, settings))
         self.connections: dict[int, Connection] = {}
         self.started_at = time.time()
         self.draining = False
@@ -120,7 +122,7 @@ class SyncBridgeApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, send)
+            await self._http(scope, receive, send)
         elif kind == "websocket" and (await receive())["type"] == "websocket.connect":
             if scope["path"] != WS_PATH:
                 await self._reject(send, 404, f"no WebSocket at {scope['path']}; use {WS_PATH}")
@@ -148,10 +150,12 @@ class SyncBridgeApp:
         else:
             await self.admin.handle(scope, send)
 
-    async def _http(self, scope: Scope, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         method = scope["method"]
-        if is_admin_path(path):
+        if path.startswith("/v1/"):
+            await self.api(scope, receive, send)
+        elif is_admin_path(path):
             if self.settings.admin_addr:  # served on the private address only
                 await send_json(send, 404, {"error": f"no route for {path}"})
             else:
