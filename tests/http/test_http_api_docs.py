@@ -20,6 +20,8 @@ EXPECTED: list[dict[str, Any]] = [
     {"session_id": "demo", "version": 0, "state": {}},
     {"version": 1, "state": {"theme": "dark", "volume": 3}},
     {"status": 409, "code": "VERSION_CONFLICT", "current_version": 1},
+    {"version": 2, "state": {"theme": "dark", "volume": 4}},
+    {"status": 409, "code": "PATCH_TEST_FAILED"},
 ]
 
 

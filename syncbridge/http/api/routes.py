@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from syncbridge.errors import RequestError
-from syncbridge.http.api import state
+from syncbridge.http.api import patch, state
 from syncbridge.http.api.context import ApiContext
 from syncbridge.http.api.problem import Problem
 
@@ -48,7 +48,11 @@ def routes() -> list[BaseRoute]:
     """Every /v1 route (the OpenAPI document is generated from the same table)."""
     session = "/v1/sessions/{sid}"
     return [
-        _resource(f"{session}/state", "state", {"GET": state.get_state, "PUT": state.put_state}),
+        _resource(
+            f"{session}/state",
+            "state",
+            {"GET": state.get_state, "PUT": state.put_state, "PATCH": patch.patch_state},
+        ),
     ]
 
 
