@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from syncbridge.errors import RequestError
-from syncbridge.http.api import patch, state
+from syncbridge.http.api import devices, history, patch, state
 from syncbridge.http.api.context import ApiContext
 from syncbridge.http.api.problem import Problem
 
@@ -53,6 +53,8 @@ def routes() -> list[BaseRoute]:
             "state",
             {"GET": state.get_state, "PUT": state.put_state, "PATCH": patch.patch_state},
         ),
+        _resource(f"{session}/history", "history", {"GET": history.get_history}),
+        _resource(f"{session}/devices", "devices", {"GET": devices.list_devices}),
     ]
 
 
