@@ -19,6 +19,7 @@ import trio
 
 from syncbridge.auth import Claims, TokenAuthority
 from syncbridge.broker import Broker
+from syncbridge.control import CloseOrder, PeerRegistry
 from syncbridge.errors import (
     AuthenticationError,
     CloseCode,
@@ -109,6 +110,10 @@ class SessionService:
         self.clock = clock
         self._last_time = 0
         self.locks = SessionLocks()
+        # Authenticated connections of this process, for close orders (kick,
+        # session delete, revocation) that arrive from any process.
+        self.peers = PeerRegistry()
+        broker.on_control(self.peers.handle)
 
     def now(self) -> int:
         """Server time in Unix seconds, never going backwards (v1: server_time)."""
@@ -163,6 +168,17 @@ class SessionService:
             )
             await self._reply(
                 peer, MessageType.AUTH_FAILURE, {"code": 401, "message": exc.message}, cid
+            )
+            return
+        try:
+            revoked = await self.is_revoked(claims)
+        except StoreUnavailable as exc:
+            await self._refuse_auth(peer, exc, cid)
+            return
+        if revoked:
+            self._auth_refusals.refuse("revoked", "token for connection %d: revoked", peer.key)
+            await self._reply(
+                peer, MessageType.AUTH_FAILURE, {"code": 401, "message": "token is revoked"}, cid
             )
             return
         previous = peer.claims
@@ -231,6 +247,7 @@ class SessionService:
         if previous is None:
             self.hub.subscribe(claims.session_id, peer.key, peer.outbox, device_id=claims.device_id)
         peer.claims = claims
+        self.peers.add(peer)
         peer.device_type = device_type
         peer.device_name = device_name
         renewed = self._renew(claims, now, peer)
@@ -406,6 +423,20 @@ class SessionService:
             peer, MessageType.DEVICE_LIST, {"devices": devices, "count": len(devices)}, cid
         )
 
+    async def is_revoked(self, claims: Claims) -> bool:
+        """Whether the token was revoked (by its jti, or all of its device's tokens)."""
+        with self.metrics.store_operation("revocation"):
+            return await self.store.is_revoked(
+                token_id=claims.token_id,
+                session_id=claims.session_id,
+                device_id=claims.device_id,
+                issued_at=claims.issued_at,
+            )
+
+    async def close_everywhere(self, order: CloseOrder) -> None:
+        """Have every process close its sockets that match ``order``."""
+        await self.broker.publish_control(order.encode())
+
     def touch(self, peer: Peer) -> None:
         """Record a sign of life for the peer's device."""
         if peer.claims is not None:
@@ -420,6 +451,7 @@ class SessionService:
         claims = peer.claims
         if claims is None:
             return
+        self.peers.discard(peer.key)
         self.hub.unsubscribe(claims.session_id, peer.key)
         now = self.now()
         left = self._broadcast_frame(

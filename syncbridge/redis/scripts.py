@@ -19,7 +19,7 @@ __all__ = [
     "SNAPSHOT",
 ]
 
-#: KEYS: state, meta, history.
+#: KEYS: state, meta, history, snapshots, snapshot states, snapshot ids.
 #: ARGV: field, op (SET|DELETE), value JSON, now (s), ttl (ms), history size,
 #:       max bytes, max keys, channel, envelope tail JSON, origin header,
 #:       user_id, device_id, publish command (PUBLISH|SPUBLISH), history max bytes,
@@ -83,16 +83,14 @@ while kept > 0 and (kept > keep or hbytes > max_hbytes) do
   kept = kept - 1
 end
 redis.call('HSET', meta, 'history_bytes', hbytes)
-redis.call('PEXPIRE', state, ttl)
-redis.call('PEXPIRE', meta, ttl)
-redis.call('PEXPIRE', history, ttl)
+for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ttl) end
 local frame = '{"type":5,"timestamp":' .. now .. ',"payload":{"key":' .. key_json ..
   ',"value":' .. value .. ',"operation":"' .. op .. '","version":' .. version .. '}' .. ARGV[10]
 redis.call(ARGV[14], ARGV[9], ARGV[11] .. frame)
 return {'OK', version, redis.call('HGET', meta, 'created_at')}
 """
 
-#: KEYS: state, meta, history.
+#: KEYS: state, meta, history, snapshots, snapshot states, snapshot ids.
 #: ARGV: now (s), ttl (ms), history size, max bytes, max keys, channel,
 #:       envelope tail JSON, origin header, user_id, device_id, publish command,
 #:       history max bytes, base version ("" = none), then per edit: field, op, value.
@@ -158,11 +156,51 @@ while kept > 0 and (kept > keep or hbytes > max_hbytes) do
   kept = kept - 1
 end
 redis.call('HSET', meta, 'history_bytes', hbytes)
-redis.call('PEXPIRE', state, ttl)
-redis.call('PEXPIRE', meta, ttl)
-redis.call('PEXPIRE', history, ttl)
+for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ttl) end
 for _, frame in ipairs(frames) do redis.call(ARGV[11], ARGV[6], ARGV[8] .. frame) end
 return {'OK', version}
+"""
+
+#: KEYS: state, meta, history, snapshots, snapshot states, snapshot ids.
+#: ARGV: id, label JSON, now (s), user JSON, device JSON, keep, ttl (ms).
+#: A labelled restore point of the state as it is, read and stored atomically;
+#: the oldest are dropped beyond `keep`; every key of the session gets the
+#: session's TTL (a restore point expires with its session). Returns the
+#: description JSON.
+SNAPSHOT_SAVE: Final = """
+local flat = redis.call('HGETALL', KEYS[1])
+local parts = {}
+for i = 1, #flat, 2 do parts[#parts + 1] = cjson.encode(flat[i]) .. ':' .. flat[i + 1] end
+local version = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
+local id = ARGV[1]
+local desc = '{"id":"' .. id .. '","version":' .. version .. ',"label":' .. ARGV[2] ..
+  ',"created_at":' .. ARGV[3] .. ',"created_by":{"user_id":' .. ARGV[4] ..
+  ',"device_id":' .. ARGV[5] .. '}}'
+redis.call('HSET', KEYS[4], id, desc)
+redis.call('HSET', KEYS[5], id, '{' .. table.concat(parts, ',') .. '}')
+redis.call('LPUSH', KEYS[6], id)
+while redis.call('LLEN', KEYS[6]) > tonumber(ARGV[6]) do
+  local old = redis.call('RPOP', KEYS[6])
+  redis.call('HDEL', KEYS[4], old)
+  redis.call('HDEL', KEYS[5], old)
+end
+for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ARGV[7]) end
+return desc
+"""
+
+#: KEYS: snapshots, snapshot ids. Returns the descriptions, newest first.
+SNAPSHOT_LIST: Final = """
+local ids = redis.call('LRANGE', KEYS[2], 0, -1)
+if #ids == 0 then return {} end
+return redis.call('HMGET', KEYS[1], unpack(ids))
+"""
+
+#: KEYS: the session's versioned keys (state, meta, history, snapshots, snapshot
+#: states, snapshot ids). Returns the session's version before (0: nothing was there).
+DELETE_SESSION: Final = """
+local version = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
+redis.call('UNLINK', unpack(KEYS))
+return version
 """
 
 #: KEYS: state, meta. Returns {flat field/value list,

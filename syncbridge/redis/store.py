@@ -22,7 +22,7 @@ from syncbridge.protocol.session import (
 )
 from syncbridge.redis import scripts
 from syncbridge.redis.connection import Keys, RedisClient, call
-from syncbridge.store.base import Origin
+from syncbridge.store.base import Origin, RestorePoint
 
 __all__ = ["RedisStore"]
 
@@ -78,6 +78,9 @@ class RedisStore:
         self._clock = clock
         self._apply = client.register_script(scripts.APPLY)
         self._apply_many = client.register_script(scripts.APPLY_MANY)
+        self._save_point = client.register_script(scripts.SNAPSHOT_SAVE)
+        self._list_points = client.register_script(scripts.SNAPSHOT_LIST)
+        self._delete = client.register_script(scripts.DELETE_SESSION)
         self._snapshot = client.register_script(scripts.SNAPSHOT)
         self._changes = client.register_script(scripts.CHANGES)
 
@@ -100,7 +103,7 @@ class RedisStore:
             "update",
             self._timeout,
             lambda: self._apply(
-                keys=[keys.state, keys.meta, keys.history],
+                keys=keys.versioned,
                 args=[
                     key,
                     operation.value,
@@ -164,7 +167,7 @@ class RedisStore:
         reply: Any = await call(
             "update",
             self._timeout,
-            lambda: self._apply_many(keys=[keys.state, keys.meta, keys.history], args=args),
+            lambda: self._apply_many(keys=keys.versioned, args=args),
         )
         self._check(reply, base_version)
         return Commit(
@@ -242,6 +245,95 @@ class RedisStore:
             return None
         return [c for r in reply[1:] for c in changes_from_record(orjson.loads(r))]
 
+    async def save_restore_point(
+        self, session_id: str, *, point_id: str, label: str, origin: Origin, keep: int
+    ) -> RestorePoint:
+        """Copy the state into a restore point in one script round trip."""
+        keys = Keys(session_id)
+        args: list[Any] = [
+            point_id,
+            orjson.dumps(label),
+            int(self._clock()),
+            orjson.dumps(origin.user_id),
+            orjson.dumps(origin.device_id),
+            keep,
+            self._ttl_ms,
+        ]
+        reply: Any = await call(
+            "snapshot save",
+            self._timeout,
+            lambda: self._save_point(keys=keys.versioned, args=args),
+        )
+        return RestorePoint.from_description(orjson.loads(reply))
+
+    async def restore_points(self, session_id: str) -> list[RestorePoint]:
+        """Descriptions only (the states stay in Redis)."""
+        keys = Keys(session_id)
+        reply: Any = await call(
+            "snapshot list",
+            self._timeout,
+            lambda: self._list_points(keys=[keys.snapshots, keys.snapshot_ids], readonly=True),
+        )
+        return [RestorePoint.from_description(orjson.loads(r)) for r in reply if r is not None]
+
+    async def restore_point(
+        self, session_id: str, point_id: str
+    ) -> tuple[RestorePoint, bytes] | None:
+        """One restore point with its state."""
+        keys = Keys(session_id)
+        desc: Any = await call(
+            "snapshot get", self._timeout, lambda: self._client.hget(keys.snapshots, point_id)
+        )
+        state: Any = await call(
+            "snapshot get",
+            self._timeout,
+            lambda: self._client.hget(keys.snapshot_states, point_id),
+        )
+        if desc is None or state is None:
+            return None
+        return RestorePoint.from_description(orjson.loads(desc)), bytes(state)
+
+    async def delete_session(self, session_id: str) -> int:
+        """UNLINK every versioned key of the session."""
+        keys = Keys(session_id)
+        reply: Any = await call(
+            "session delete", self._timeout, lambda: self._delete(keys=keys.versioned)
+        )
+        return int(reply)
+
+    async def revoke(
+        self,
+        *,
+        until: int,
+        token_id: str | None = None,
+        session_id: str | None = None,
+        device_id: str | None = None,
+        issued_before: int | None = None,
+    ) -> None:
+        """SET the revocation with an expiry at ``until`` (Redis forgets it then)."""
+        if token_id is not None:
+            key = _revoked_token_key(token_id)
+            await call("revoke", self._timeout, lambda: self._client.set(key, b"1", exat=until))
+        if session_id is not None and device_id is not None and issued_before is not None:
+            key = Keys(session_id).revoked_device(device_id)
+            await call(
+                "revoke",
+                self._timeout,
+                lambda: self._client.set(key, str(issued_before), exat=until),
+            )
+
+    async def is_revoked(
+        self, *, token_id: str | None, session_id: str, device_id: str, issued_at: int | None
+    ) -> bool:
+        """One GET per kind of revocation (they live on different cluster slots)."""
+        if token_id is not None:
+            key = _revoked_token_key(token_id)
+            if await call("revocation", self._timeout, lambda: self._client.exists([key])):
+                return True
+        device_key = Keys(session_id).revoked_device(device_id)
+        raw: Any = await call("revocation", self._timeout, lambda: self._client.get(device_key))
+        return raw is not None and (issued_at is None or issued_at <= int(raw))
+
     async def ping(self) -> float:
         """Round-trip time of a small write, so that a Redis refusing writes (OOM,
         READONLY replica) is reported as unavailable, not only one that is down."""
@@ -257,6 +349,10 @@ class RedisStore:
         """Nothing to do in the background: Redis expires sessions by itself."""
         task_status.started()
         await trio.sleep_forever()
+
+
+def _revoked_token_key(token_id: str) -> str:
+    return f"syncbridge:revoked:{token_id}"
 
 
 def _tail(session_id: str, origin: Origin | None) -> str:

@@ -10,7 +10,7 @@ import trio
 from syncbridge.protocol.messages import Operation
 from syncbridge.protocol.session import Change, Commit, Edit, Snapshot
 
-__all__ = ["Origin", "Store"]
+__all__ = ["Origin", "RestorePoint", "Store"]
 
 
 @attrs.frozen
@@ -21,6 +21,41 @@ class Origin:
     user_id: str
     device_id: str
     connection: int | None
+
+
+@attrs.frozen(kw_only=True)
+class RestorePoint:
+    """A labelled copy of a session's state at one version (HTTP API "snapshot")."""
+
+    id: str
+    version: int
+    label: str
+    created_at: int
+    created_by_user: str | None
+    created_by_device: str | None
+
+    def describe(self) -> dict[str, Any]:
+        """The API's description of the restore point (without its state)."""
+        return {
+            "id": self.id,
+            "version": self.version,
+            "label": self.label,
+            "created_at": self.created_at,
+            "created_by": {"user_id": self.created_by_user, "device_id": self.created_by_device},
+        }
+
+    @classmethod
+    def from_description(cls, raw: dict[str, Any]) -> RestorePoint:
+        """The inverse of :meth:`describe` (Redis stores the description)."""
+        by = raw.get("created_by") or {}
+        return cls(
+            id=raw["id"],
+            version=raw["version"],
+            label=raw["label"],
+            created_at=raw["created_at"],
+            created_by_user=by.get("user_id"),
+            created_by_device=by.get("device_id"),
+        )
 
 
 class Store(Protocol):
@@ -79,6 +114,46 @@ class Store(Protocol):
         replay's stored size exceeds the store's replay budget (MAX_STATE_BYTES):
         decided from stored lengths before reading or decoding the records.
         """
+        ...
+
+    async def save_restore_point(
+        self, session_id: str, *, point_id: str, label: str, origin: Origin, keep: int
+    ) -> RestorePoint:
+        """Store a labelled copy of the state as it is now (atomically with its version),
+        keeping the newest ``keep``; it expires with the session."""
+        ...
+
+    async def restore_points(self, session_id: str) -> list[RestorePoint]:
+        """The session's restore points, newest first."""
+        ...
+
+    async def restore_point(
+        self, session_id: str, point_id: str
+    ) -> tuple[RestorePoint, bytes] | None:
+        """One restore point and its state as one JSON object, or None."""
+        ...
+
+    async def delete_session(self, session_id: str) -> int:
+        """Remove the state, history and restore points; return the version it had."""
+        ...
+
+    async def revoke(
+        self,
+        *,
+        until: int,
+        token_id: str | None = None,
+        session_id: str | None = None,
+        device_id: str | None = None,
+        issued_before: int | None = None,
+    ) -> None:
+        """Refuse one token (``token_id``), or every token of a device issued at or
+        before ``issued_before``, until the Unix second ``until``; shared by every process."""
+        ...
+
+    async def is_revoked(
+        self, *, token_id: str | None, session_id: str, device_id: str, issued_at: int | None
+    ) -> bool:
+        """Whether a token with these claims has been revoked."""
         ...
 
     async def ping(self) -> float:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import trio
 
 from syncbridge.protocol.messages import Operation
@@ -17,7 +18,7 @@ from syncbridge.protocol.session import (
     SessionState,
     Snapshot,
 )
-from syncbridge.store.base import Origin
+from syncbridge.store.base import Origin, RestorePoint
 
 __all__ = ["MemoryStore"]
 
@@ -46,6 +47,11 @@ class MemoryStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._sessions: dict[str, SessionState] = {}
+        # Restore points per session, newest first: (description, state JSON).
+        self._points: dict[str, list[tuple[RestorePoint, bytes]]] = {}
+        # Revocations: jti -> until; (session, device) -> (issued_before, until).
+        self._revoked_tokens: dict[str, int] = {}
+        self._revoked_devices: dict[tuple[str, str], tuple[int, int]] = {}
         self._expires: dict[str, float] = {}
         self._ttl = session_ttl
         self._history_size = history_size
@@ -67,6 +73,7 @@ class MemoryStore:
     def _drop(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
         self._expires.pop(session_id, None)
+        self._points.pop(session_id, None)
 
     async def snapshot(self, session_id: str) -> Snapshot:
         """The session's state, or an empty version-0 snapshot."""
@@ -154,6 +161,89 @@ class MemoryStore:
         if state is None:
             return [] if version == 0 else None
         return state.changes_since(version, self._max_replay_bytes)
+
+    async def save_restore_point(
+        self, session_id: str, *, point_id: str, label: str, origin: Origin, keep: int
+    ) -> RestorePoint:
+        """Copy the state; saving touches the session (its expiry restarts)."""
+        now = self._clock()
+        state = self._state(session_id)
+        snap = state.snapshot()
+        point = RestorePoint(
+            id=point_id,
+            version=snap.version,
+            label=label,
+            created_at=int(now),
+            created_by_user=origin.user_id,
+            created_by_device=origin.device_id,
+        )
+        points = self._points.setdefault(session_id, [])
+        points.insert(0, (point, orjson.dumps(snap.state_json())))
+        del points[keep:]
+        self._keep(session_id, state, now)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return point
+
+    async def restore_points(self, session_id: str) -> list[RestorePoint]:
+        """Newest first."""
+        await trio.lowlevel.checkpoint()
+        self._live(session_id)
+        return [point for point, _state in self._points.get(session_id, [])]
+
+    async def restore_point(
+        self, session_id: str, point_id: str
+    ) -> tuple[RestorePoint, bytes] | None:
+        """One restore point with its state."""
+        await trio.lowlevel.checkpoint()
+        self._live(session_id)
+        for point, state in self._points.get(session_id, []):
+            if point.id == point_id:
+                return point, state
+        return None
+
+    async def delete_session(self, session_id: str) -> int:
+        """Forget the session and its restore points."""
+        state = self._live(session_id)
+        self._drop(session_id)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return 0 if state is None else state.version
+
+    async def revoke(
+        self,
+        *,
+        until: int,
+        token_id: str | None = None,
+        session_id: str | None = None,
+        device_id: str | None = None,
+        issued_before: int | None = None,
+    ) -> None:
+        """Remember the revocation until ``until``."""
+        await trio.lowlevel.checkpoint()
+        if token_id is not None:
+            self._revoked_tokens[token_id] = max(until, self._revoked_tokens.get(token_id, 0))
+        if session_id is not None and device_id is not None and issued_before is not None:
+            self._revoked_devices[(session_id, device_id)] = (issued_before, until)
+
+    async def is_revoked(
+        self, *, token_id: str | None, session_id: str, device_id: str, issued_at: int | None
+    ) -> bool:
+        """Checked at every Auth and HTTP request; expired revocations are forgotten."""
+        await trio.lowlevel.checkpoint()
+        now = self._clock()
+        if token_id is not None:
+            until = self._revoked_tokens.get(token_id)
+            if until is not None:
+                if until > now:
+                    return True
+                del self._revoked_tokens[token_id]
+        device = self._revoked_devices.get((session_id, device_id))
+        if device is not None:
+            issued_before, until = device
+            if until <= now:
+                del self._revoked_devices[(session_id, device_id)]
+            elif issued_at is None or issued_at <= issued_before:
+                return True
+        return False
 
     async def ping(self) -> float:
         """Always reachable."""

@@ -15,6 +15,7 @@ from .conftest import Bench, redis_kinds, tap_channel
 
 SET, DELETE = Operation.SET, Operation.DELETE
 HTTP = Origin(user_id="svc", device_id="backend", connection=None)
+ORIGIN_WS = Origin(user_id="u1", device_id="d1", connection=3)
 
 
 async def test_store_apply_with_base_version_conflicts_and_changes_nothing(
@@ -125,3 +126,36 @@ async def test_store_apply_many_publishes_one_update_per_key(backend: Bench) -> 
     }
     # An HTTP write excludes no connection and no device from the fan-out.
     assert all(header[1] is None and header[2] is None for header, _frame in messages)
+
+
+async def test_store_restore_points_are_bounded_newest_first(backend: Bench) -> None:
+    store = backend.store
+    await store.apply("rp", "a", 1, SET, ORIGIN_WS)
+    first = await store.save_restore_point("rp", point_id="p1", label="one", origin=HTTP, keep=2)
+    await store.apply_many("rp", (Edit.set("b", {"x": 'ü/"q'}),), HTTP)
+    await store.save_restore_point("rp", point_id="p2", label="two", origin=HTTP, keep=2)
+    await store.save_restore_point("rp", point_id="p3", label="", origin=HTTP, keep=2)
+    assert (first.id, first.version, first.label) == ("p1", 1, "one")
+    assert (first.created_by_user, first.created_by_device) == ("svc", "backend")
+    listed = await store.restore_points("rp")
+    assert [(p.id, p.version, p.label) for p in listed] == [("p3", 2, ""), ("p2", 2, "two")]
+    assert await store.restore_point("rp", "p1") is None  # dropped beyond keep
+    found = await store.restore_point("rp", "p2")
+    assert found is not None
+    assert found[0] == listed[1]
+    assert orjson.loads(found[1]) == {"a": 1, "b": {"x": 'ü/"q'}}
+    assert await store.restore_point("other", "p2") is None
+    assert await store.restore_points("never") == []
+
+
+async def test_store_delete_session_removes_state_history_and_points(backend: Bench) -> None:
+    store = backend.store
+    await store.apply("del", "a", 1, SET)
+    await store.save_restore_point("del", point_id="p", label="l", origin=HTTP, keep=5)
+    assert await store.delete_session("del") == 1
+    snap = await store.snapshot("del")
+    assert (snap.version, snap.state) == (0, {})
+    assert await store.restore_points("del") == []
+    assert await store.changes_since("del", 1) is None
+    assert await store.delete_session("del") == 0
+    assert (await store.apply("del", "b", 2, SET)).version == 1

@@ -1,0 +1,115 @@
+"""Orders to close authenticated sockets, wherever they are (kick, delete, revoke).
+
+An order travels through the broker's control path (Redis: one channel every
+process subscribes to) and each process closes its own matching connections
+(:meth:`syncbridge.service.SessionService.close_matching`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import attrs
+import orjson
+
+from syncbridge.auth import Claims
+from syncbridge.errors import CloseCode
+
+__all__ = ["Closable", "CloseOrder", "PeerRegistry"]
+
+log = logging.getLogger(__name__)
+
+
+class Closable(Protocol):
+    """What a close order needs of a connection."""
+
+    key: int
+    claims: Claims | None
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """End the connection with a close code."""
+        ...
+
+
+@attrs.frozen(kw_only=True)
+class CloseOrder:
+    """Close every socket whose token matches all the given criteria."""
+
+    code: CloseCode
+    reason: str
+    session_id: str | None = None
+    device_id: str | None = None
+    token_id: str | None = None
+    #: Only tokens issued at or before this Unix second (device revocation).
+    issued_before: int | None = None
+
+    def matches(self, claims: Claims) -> bool:
+        """Whether a socket authenticated with ``claims`` must close."""
+        if self.session_id is not None and claims.session_id != self.session_id:
+            return False
+        if self.device_id is not None and claims.device_id != self.device_id:
+            return False
+        if self.token_id is not None and claims.token_id != self.token_id:
+            return False
+        return self.issued_before is None or (
+            claims.issued_at is None or claims.issued_at <= self.issued_before
+        )
+
+    def encode(self) -> bytes:
+        """The order on the wire (JSON)."""
+        return orjson.dumps({**attrs.asdict(self), "code": int(self.code)})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> CloseOrder:
+        """An order from :meth:`encode`; ValueError/TypeError/KeyError when it is not one."""
+        data: dict[str, Any] = orjson.loads(raw)
+        return cls(
+            code=CloseCode(data["code"]),
+            reason=str(data["reason"]),
+            session_id=data.get("session_id"),
+            device_id=data.get("device_id"),
+            token_id=data.get("token_id"),
+            issued_before=data.get("issued_before"),
+        )
+
+
+class PeerRegistry:
+    """This process's authenticated connections, closed by orders from any process."""
+
+    def __init__(self) -> None:
+        self._peers: dict[int, Closable] = {}
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def add(self, peer: Closable) -> None:
+        """An authenticated connection."""
+        self._peers[peer.key] = peer
+
+    def discard(self, key: int) -> None:
+        """A closing connection."""
+        self._peers.pop(key, None)
+
+    def close_matching(self, order: CloseOrder) -> int:
+        """Close the connections that match ``order``; return how many."""
+        closing = [
+            peer
+            for peer in self._peers.values()
+            if peer.claims is not None and order.matches(peer.claims)
+        ]
+        for peer in closing:
+            peer.close(order.code, order.reason)
+        if closing:
+            log.info("closed %d connections (%s): %s", len(closing), order.code.name, order.reason)
+        return len(closing)
+
+    def handle(self, message: bytes) -> None:
+        """A control message from the broker."""
+        try:
+            order = CloseOrder.decode(message)
+        except (ValueError, TypeError, KeyError) as exc:
+            # Anyone who can PUBLISH to Redis can send one: never stop the relay for it.
+            log.warning("ignored a malformed control message: %s", exc)
+            return
+        self.close_matching(order)
