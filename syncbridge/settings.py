@@ -210,6 +210,21 @@ class Settings:
         validator=_positive,
         metadata=_opt("HTTP_MAX_BODY_BYTES", "HTTP API request body size (beyond: 413)"),
     )
+    snapshots_per_session: int = attrs.field(
+        default=20,
+        validator=_positive,
+        metadata=_opt(
+            "SNAPSHOTS_PER_SESSION", "HTTP API restore points kept per session (oldest dropped)"
+        ),
+    )
+    revocation_retention: float = attrs.field(
+        default=30 * 86400.0,
+        validator=_positive,
+        metadata=_opt(
+            "REVOCATION_RETENTION",
+            "how long a revocation without a known token expiry is enforced",
+        ),
+    )
     max_devices_per_session: int = attrs.field(
         default=32,
         validator=_positive,

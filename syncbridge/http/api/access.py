@@ -16,7 +16,7 @@ from syncbridge.errors import AuthenticationError
 from syncbridge.http.api.problem import Problem
 from syncbridge.metrics import Metrics
 
-__all__ = ["Caller", "authenticate", "require_service", "require_session"]
+__all__ = ["Caller", "authenticate", "require_service", "require_session", "unauthorized"]
 
 _MAX_SESSION_ID_CHARS: Final = 256
 
@@ -30,7 +30,7 @@ class Caller:
         self.budget_key = claims.token_id or hashlib.sha256(token.encode()).hexdigest()
 
 
-def _unauthorized(detail: str) -> Problem:
+def unauthorized(detail: str) -> Problem:
     return Problem(
         401,
         "UNAUTHENTICATED",
@@ -45,16 +45,16 @@ def authenticate(
     """The caller of ``request``, or a 401 problem."""
     header = request.headers.get("authorization")
     if header is None:
-        raise _unauthorized("send Authorization: Bearer <token>")
+        raise unauthorized("send Authorization: Bearer <token>")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized("the Authorization header must be: Bearer <token>")
+        raise unauthorized("the Authorization header must be: Bearer <token>")
     token = token.strip()
     try:
         claims = authority.verify(token, now=now)
     except AuthenticationError as exc:
         metrics.auth_failures.labels(reason=exc.reason).inc()
-        raise _unauthorized(exc.message) from None
+        raise unauthorized(exc.message) from None
     return Caller(claims, token)
 
 

@@ -28,9 +28,17 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
-async def read_json(request: Request, *, limit: int, media_types: tuple[str, ...]) -> Any:
-    """The request's JSON body, at most ``limit`` bytes, of one of ``media_types``."""
+async def read_json(
+    request: Request, *, limit: int, media_types: tuple[str, ...], empty: Any = None
+) -> Any:
+    """The request's JSON body, at most ``limit`` bytes, of one of ``media_types``.
+
+    With ``empty`` given, a request without a body (no Content-Type, no bytes)
+    stands for that value.
+    """
     media = _media_type(request)
+    if empty is not None and not media and request.headers.get("content-length", "0") == "0":
+        return empty
     if media not in media_types:
         raise Problem(
             415,

@@ -6,7 +6,7 @@ import attrs
 import trio
 from starlette.requests import Request
 
-from syncbridge.http.api.access import Caller, authenticate
+from syncbridge.http.api.access import Caller, authenticate, unauthorized
 from syncbridge.http.api.problem import Problem
 from syncbridge.http.api.ratelimit import WriteBudget
 from syncbridge.metrics import Metrics
@@ -44,11 +44,15 @@ class ApiContext:
     def metrics(self) -> Metrics:
         return self.service.metrics
 
-    def caller(self, request: Request) -> Caller:
-        """The verified caller of ``request`` (401 otherwise)."""
-        return authenticate(
+    async def caller(self, request: Request) -> Caller:
+        """The verified, unrevoked caller of ``request`` (401 otherwise)."""
+        caller = authenticate(
             request, self.service.authority, now=self.service.clock(), metrics=self.metrics
         )
+        if await self.service.is_revoked(caller.claims):
+            self.metrics.auth_failures.labels(reason="revoked").inc()
+            raise unauthorized("token is revoked")
+        return caller
 
     def charge_write(self, caller: Caller) -> None:
         """Count one write against the caller's token budget (429 when spent)."""

@@ -14,7 +14,7 @@ __all__ = ["list_devices"]
 
 async def list_devices(request: Request, ctx: ApiContext) -> Response:
     """Online devices (presence is shared in Redis, so this covers every process)."""
-    caller = ctx.caller(request)
+    caller = await ctx.caller(request)
     session_id = request.path_params["sid"]
     require_session(caller, session_id)
     with ctx.metrics.store_operation("presence_devices"):

@@ -29,7 +29,7 @@ def query_int(request: Request, name: str, *, default: int | None = None) -> int
 
 async def get_history(request: Request, ctx: ApiContext) -> Response:
     """The retained changes after ``since``, oldest first; 410 when not retained."""
-    caller = ctx.caller(request)
+    caller = await ctx.caller(request)
     session_id = request.path_params["sid"]
     require_session(caller, session_id)
     since = query_int(request, "since", default=0)

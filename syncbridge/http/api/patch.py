@@ -69,7 +69,7 @@ def apply_patch(patch: jsonpatch.JsonPatch, document: dict[str, Any]) -> dict[st
 
 async def patch_state(request: Request, ctx: ApiContext) -> Response:
     """Apply a JSON Patch to the state as one new version (If-Match optional)."""
-    caller = ctx.caller(request)
+    caller = await ctx.caller(request)
     session_id = request.path_params["sid"]
     require_session(caller, session_id)
     ctx.charge_write(caller)

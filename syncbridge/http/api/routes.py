@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from syncbridge.errors import RequestError
-from syncbridge.http.api import devices, history, patch, state
+from syncbridge.http.api import devices, history, patch, removal, snapshots, state
 from syncbridge.http.api.context import ApiContext
 from syncbridge.http.api.problem import Problem
 
@@ -55,6 +55,22 @@ def routes() -> list[BaseRoute]:
         ),
         _resource(f"{session}/history", "history", {"GET": history.get_history}),
         _resource(f"{session}/devices", "devices", {"GET": devices.list_devices}),
+        _resource(f"{session}/devices/{{device_id}}", "device", {"DELETE": removal.remove_device}),
+        _resource(session, "session", {"DELETE": removal.delete_session}),
+        _resource(
+            f"{session}/snapshots",
+            "snapshots",
+            {"GET": snapshots.list_snapshots, "POST": snapshots.create_snapshot},
+        ),
+        _resource(
+            f"{session}/snapshots/{{snapshot_id}}", "snapshot", {"GET": snapshots.get_snapshot}
+        ),
+        _resource(
+            f"{session}/snapshots/{{snapshot_id}}/restore",
+            "restore",
+            {"POST": snapshots.restore_snapshot},
+        ),
+        _resource("/v1/tokens/revoke", "revoke", {"POST": removal.revoke_tokens}),
     ]
 
 

@@ -8,7 +8,24 @@ import attrs
 
 from syncbridge.protocol.messages import InvalidField
 
-__all__ = ["PutState"]
+__all__ = ["PutState", "SnapshotCreate", "TokenRevoke"]
+
+
+def _max_chars(limit: int) -> Any:
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+        if value is not None and len(value) > limit:
+            raise InvalidField(
+                attribute.name, f"{attribute.name} is longer than {limit} characters"
+            )
+
+    return check
+
+
+def _id(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and (not value or len(value) > 256 or not value.isprintable()):
+        raise InvalidField(
+            attribute.name, f"{attribute.name} must be 1 to 256 printable characters"
+        )
 
 
 def _not_negative(_inst: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
@@ -22,3 +39,33 @@ class PutState:
 
     state: dict[str, Any]
     base_version: int | None = attrs.field(default=None, validator=_not_negative)
+
+
+@attrs.frozen(kw_only=True)
+class SnapshotCreate:
+    """POST /v1/sessions/{sid}/snapshots: a label for the restore point."""
+
+    label: str = attrs.field(default="", validator=_max_chars(256))
+
+
+@attrs.frozen(kw_only=True)
+class TokenRevoke:
+    """POST /v1/tokens/revoke: one token by ``jti``, or a device's tokens issued until now."""
+
+    jti: str | None = attrs.field(default=None, validator=_id)
+    #: The token's ``exp``, when known: the revocation is kept until then.
+    expires_at: int | None = attrs.field(default=None, validator=_not_negative)
+    session_id: str | None = attrs.field(default=None, validator=_id)
+    device_id: str | None = attrs.field(default=None, validator=_id)
+
+    def __attrs_post_init__(self) -> None:
+        by_token = self.jti is not None
+        by_device = self.session_id is not None and self.device_id is not None
+        if by_token == by_device or (
+            not by_device and (self.session_id is not None or self.device_id is not None)
+        ):
+            raise InvalidField(
+                "jti", "give either jti (and optionally expires_at) or session_id and device_id"
+            )
+        if by_device and self.expires_at is not None:
+            raise InvalidField("expires_at", "expires_at goes with jti only")

@@ -84,7 +84,7 @@ def base_version_of(request: Request, body_base: int | None) -> int | None:
 
 async def get_state(request: Request, ctx: ApiContext) -> Response:
     """The whole state, its version (also as the ETag), when and by whom it last changed."""
-    caller = ctx.caller(request)
+    caller = await ctx.caller(request)
     session_id = request.path_params["sid"]
     require_session(caller, session_id)
     snap = await ctx.writer.read(session_id)
@@ -120,7 +120,7 @@ async def write_state(
 
 async def put_state(request: Request, ctx: ApiContext) -> Response:
     """Replace the whole state as one new version (optionally based on a version)."""
-    caller = ctx.caller(request)
+    caller = await ctx.caller(request)
     session_id = request.path_params["sid"]
     require_session(caller, session_id)
     ctx.charge_write(caller)
