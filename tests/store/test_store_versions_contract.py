@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 import pytest
 import trio
@@ -159,3 +161,26 @@ async def test_store_delete_session_removes_state_history_and_points(backend: Be
     assert await store.changes_since("del", 1) is None
     assert await store.delete_session("del") == 0
     assert (await store.apply("del", "b", 2, SET)).version == 1
+
+
+async def test_store_revocations_by_token_and_by_device(backend: Bench) -> None:
+    store = backend.store
+    now = int(time.time())
+
+    async def revoked(token_id: str | None, device: str, issued_at: int | None) -> bool:
+        return bool(
+            await store.is_revoked(
+                token_id=token_id, session_id="s", device_id=device, issued_at=issued_at
+            )
+        )
+
+    assert not await revoked("j1", "d1", now)
+    await store.revoke(until=now + 60, token_id="j1")
+    await store.revoke(until=now + 60, session_id="s", device_id="d2", issued_before=now - 5)
+    await store.revoke(until=now - 1, token_id="expired")
+    assert await revoked("j1", "d1", now)
+    assert not await revoked("j2", "d1", now)
+    assert await revoked(None, "d2", now - 5)  # issued at or before: refused
+    assert await revoked("j3", "d2", None)  # no iat: cannot prove it is newer
+    assert not await revoked("j3", "d2", now - 4)  # issued after the revocation
+    assert not await revoked("expired", "d3", now)
