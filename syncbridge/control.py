@@ -1,8 +1,9 @@
-"""Orders to close authenticated sockets, wherever they are (kick, delete, revoke).
+"""Control messages for authenticated sockets wherever they are: close orders (kick,
+delete, revoke) and deliveries to one device (handoff notices).
 
-An order travels through the broker's control path (Redis: one channel every
-process subscribes to) and each process closes its own matching connections
-(:meth:`syncbridge.service.SessionService.close_matching`).
+A message travels through the broker's control path (Redis: one channel every
+process subscribes to) and each process acts on its own matching connections
+(:class:`PeerRegistry`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import orjson
 
 from syncbridge.auth import Claims
 from syncbridge.errors import CloseCode
+from syncbridge.hub import Outbox
 
-__all__ = ["Closable", "CloseOrder", "PeerRegistry"]
+__all__ = ["Closable", "CloseOrder", "Delivery", "PeerRegistry"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ class Closable(Protocol):
 
     key: int
     claims: Claims | None
+    outbox: Outbox
 
     def close(self, code: CloseCode, reason: str) -> None:
         """End the connection with a close code."""
@@ -58,7 +61,7 @@ class CloseOrder:
 
     def encode(self) -> bytes:
         """The order on the wire (JSON)."""
-        return orjson.dumps({**attrs.asdict(self), "code": int(self.code)})
+        return orjson.dumps({**attrs.asdict(self), "code": int(self.code), "kind": "close"})
 
     @classmethod
     def decode(cls, raw: bytes) -> CloseOrder:
@@ -71,6 +74,29 @@ class CloseOrder:
             device_id=data.get("device_id"),
             token_id=data.get("token_id"),
             issued_before=data.get("issued_before"),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Delivery:
+    """A frame for every socket of one device of one session."""
+
+    session_id: str
+    device_id: str
+    frame: str
+
+    def encode(self) -> bytes:
+        """The delivery on the wire (JSON)."""
+        return orjson.dumps({**attrs.asdict(self), "kind": "deliver"})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Delivery:
+        """A delivery from :meth:`encode`."""
+        data: dict[str, Any] = orjson.loads(raw)
+        return cls(
+            session_id=str(data["session_id"]),
+            device_id=str(data["device_id"]),
+            frame=str(data["frame"]),
         )
 
 
@@ -104,12 +130,30 @@ class PeerRegistry:
             log.info("closed %d connections (%s): %s", len(closing), order.code.name, order.reason)
         return len(closing)
 
+    def deliver(self, delivery: Delivery) -> int:
+        """Offer the frame to the device's sockets here; one that has no room is
+        closed as a slow consumer (it resyncs), never silently skipped."""
+        count = 0
+        for peer in list(self._peers.values()):
+            claims = peer.claims
+            if claims is None or (claims.session_id, claims.device_id) != (
+                delivery.session_id,
+                delivery.device_id,
+            ):
+                continue
+            if not peer.outbox.offer(delivery.frame):
+                peer.outbox.close_slow()
+            count += 1
+        return count
+
     def handle(self, message: bytes) -> None:
         """A control message from the broker."""
         try:
-            order = CloseOrder.decode(message)
-        except (ValueError, TypeError, KeyError) as exc:
+            kind = orjson.loads(message).get("kind")
+            if kind == "deliver":
+                self.deliver(Delivery.decode(message))
+            else:
+                self.close_matching(CloseOrder.decode(message))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             # Anyone who can PUBLISH to Redis can send one: never stop the relay for it.
             log.warning("ignored a malformed control message: %s", exc)
-            return
-        self.close_matching(order)

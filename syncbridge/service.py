@@ -19,7 +19,7 @@ import trio
 
 from syncbridge.auth import Claims, TokenAuthority
 from syncbridge.broker import Broker
-from syncbridge.control import CloseOrder, PeerRegistry
+from syncbridge.control import CloseOrder, Delivery, PeerRegistry
 from syncbridge.errors import (
     AuthenticationError,
     CloseCode,
@@ -436,6 +436,10 @@ class SessionService:
     async def close_everywhere(self, order: CloseOrder) -> None:
         """Have every process close its sockets that match ``order``."""
         await self.broker.publish_control(order.encode())
+
+    async def deliver_everywhere(self, delivery: Delivery) -> None:
+        """Send a frame to one device's sockets, on whichever processes they are."""
+        await self.broker.publish_control(delivery.encode())
 
     def touch(self, peer: Peer) -> None:
         """Record a sign of life for the peer's device."""

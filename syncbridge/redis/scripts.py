@@ -203,6 +203,17 @@ redis.call('UNLINK', unpack(KEYS))
 return version
 """
 
+#: KEYS: ticket. ARGV: claiming user id.
+#: Returns {"OK", record} (the ticket is gone from then on), {"OTHER_USER"} (left in
+#: place) or {"GONE"} (claimed before, expired or unknown).
+CLAIM_TICKET: Final = """
+local record = redis.call('GET', KEYS[1])
+if not record then return {'GONE'} end
+if cjson.decode(record)['user_id'] ~= ARGV[1] then return {'OTHER_USER'} end
+redis.call('DEL', KEYS[1])
+return {'OK', record}
+"""
+
 #: KEYS: state, meta. Returns {flat field/value list,
 #: {version, created_at, updated_at, updated_user, updated_device}}.
 SNAPSHOT: Final = """

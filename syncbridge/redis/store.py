@@ -81,6 +81,7 @@ class RedisStore:
         self._save_point = client.register_script(scripts.SNAPSHOT_SAVE)
         self._list_points = client.register_script(scripts.SNAPSHOT_LIST)
         self._delete = client.register_script(scripts.DELETE_SESSION)
+        self._claim = client.register_script(scripts.CLAIM_TICKET)
         self._snapshot = client.register_script(scripts.SNAPSHOT)
         self._changes = client.register_script(scripts.CHANGES)
 
@@ -334,6 +335,20 @@ class RedisStore:
         raw: Any = await call("revocation", self._timeout, lambda: self._client.get(device_key))
         return raw is not None and (issued_at is None or issued_at <= int(raw))
 
+    async def put_ticket(self, ticket_hash: str, record: bytes, *, expires_at: int) -> None:
+        """SET with an expiry: Redis forgets an unclaimed ticket by itself."""
+        key = _ticket_key(ticket_hash)
+        await call("handoff", self._timeout, lambda: self._client.set(key, record, exat=expires_at))
+
+    async def claim_ticket(self, ticket_hash: str, user_id: str) -> tuple[str, bytes | None]:
+        """Check the user and delete in one script: one claim wins on any process."""
+        key = _ticket_key(ticket_hash)
+        reply: Any = await call(
+            "handoff", self._timeout, lambda: self._claim(keys=[key], args=[user_id])
+        )
+        status = reply[0].decode()
+        return status, bytes(reply[1]) if status == "OK" else None
+
     async def ping(self) -> float:
         """Round-trip time of a small write, so that a Redis refusing writes (OOM,
         READONLY replica) is reported as unavailable, not only one that is down."""
@@ -349,6 +364,10 @@ class RedisStore:
         """Nothing to do in the background: Redis expires sessions by itself."""
         task_status.started()
         await trio.sleep_forever()
+
+
+def _ticket_key(ticket_hash: str) -> str:
+    return f"syncbridge:handoff:{ticket_hash}"
 
 
 def _revoked_token_key(token_id: str) -> str:

@@ -156,6 +156,18 @@ class Store(Protocol):
         """Whether a token with these claims has been revoked."""
         ...
 
+    async def put_ticket(self, ticket_hash: str, record: bytes, *, expires_at: int) -> None:
+        """Keep a handoff ticket's record (by the ticket's hash) until ``expires_at``."""
+        ...
+
+    async def claim_ticket(self, ticket_hash: str, user_id: str) -> tuple[str, bytes | None]:
+        """Take a ticket for ``user_id``, atomically and once.
+
+        ``("OK", record)`` removes it; ``("OTHER_USER", None)`` leaves it for its
+        user; ``("GONE", None)`` when it was claimed, expired or never existed.
+        """
+        ...
+
     async def ping(self) -> float:
         """Check the backend; return its round-trip time in seconds."""
         ...

@@ -52,6 +52,8 @@ class MemoryStore:
         # Revocations: jti -> until; (session, device) -> (issued_before, until).
         self._revoked_tokens: dict[str, int] = {}
         self._revoked_devices: dict[tuple[str, str], tuple[int, int]] = {}
+        # Handoff tickets by hash: (record JSON, user id, expiry).
+        self._tickets: dict[str, tuple[bytes, str, int]] = {}
         self._expires: dict[str, float] = {}
         self._ttl = session_ttl
         self._history_size = history_size
@@ -244,6 +246,26 @@ class MemoryStore:
             elif issued_at is None or issued_at <= issued_before:
                 return True
         return False
+
+    async def put_ticket(self, ticket_hash: str, record: bytes, *, expires_at: int) -> None:
+        """Keep the ticket until it expires (or is claimed)."""
+        await trio.lowlevel.checkpoint()
+        now = self._clock()
+        for stale in [h for h, (_r, _u, at) in self._tickets.items() if at <= now]:
+            del self._tickets[stale]
+        self._tickets[ticket_hash] = (record, orjson.loads(record)["user_id"], expires_at)
+
+    async def claim_ticket(self, ticket_hash: str, user_id: str) -> tuple[str, bytes | None]:
+        """Check and remove without a checkpoint in between."""
+        await trio.lowlevel.checkpoint()
+        found = self._tickets.get(ticket_hash)
+        if found is None or found[2] <= self._clock():
+            self._tickets.pop(ticket_hash, None)
+            return "GONE", None
+        if found[1] != user_id:
+            return "OTHER_USER", None
+        del self._tickets[ticket_hash]
+        return "OK", found[0]
 
     async def ping(self) -> float:
         """Always reachable."""

@@ -13,7 +13,15 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from syncbridge.errors import RequestError
-from syncbridge.http.api import devices, history, patch, removal, snapshots, state
+from syncbridge.http.api import (
+    devices,
+    handoff,
+    history,
+    patch,
+    removal,
+    snapshots,
+    state,
+)
 from syncbridge.http.api.context import ApiContext
 from syncbridge.http.api.problem import Problem
 
@@ -71,6 +79,8 @@ def routes() -> list[BaseRoute]:
             {"POST": snapshots.restore_snapshot},
         ),
         _resource("/v1/tokens/revoke", "revoke", {"POST": removal.revoke_tokens}),
+        _resource(f"{session}/handoff", "handoff", {"POST": handoff.create_handoff}),
+        _resource("/v1/handoff/claim", "handoff_claim", {"POST": handoff.claim_handoff}),
     ]
 
 

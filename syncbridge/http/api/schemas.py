@@ -8,7 +8,11 @@ import attrs
 
 from syncbridge.protocol.messages import InvalidField
 
-__all__ = ["PutState", "SnapshotCreate", "TokenRevoke"]
+__all__ = ["HandoffClaim", "HandoffCreate", "PutState", "SnapshotCreate", "TokenRevoke"]
+
+#: A handoff ticket lives 5 minutes unless asked otherwise, 15 at most.
+HANDOFF_DEFAULT_TTL = 300
+HANDOFF_MAX_TTL = 900
 
 
 def _max_chars(limit: int) -> Any:
@@ -69,3 +73,23 @@ class TokenRevoke:
             )
         if by_device and self.expires_at is not None:
             raise InvalidField("expires_at", "expires_at goes with jti only")
+
+
+def _ttl(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 1 <= value <= HANDOFF_MAX_TTL:
+        raise InvalidField(attribute.name, f"ttl must be 1 to {HANDOFF_MAX_TTL} seconds")
+
+
+@attrs.frozen(kw_only=True)
+class HandoffCreate:
+    """POST /v1/sessions/{sid}/handoff: how long the ticket may wait for its claim."""
+
+    ttl: int = attrs.field(default=HANDOFF_DEFAULT_TTL, validator=_ttl)
+
+
+@attrs.frozen(kw_only=True)
+class HandoffClaim:
+    """POST /v1/handoff/claim: the ticket, and the id of the device taking the session."""
+
+    ticket: str = attrs.field(validator=_max_chars(256))
+    device_id: str = attrs.field(validator=_id)
