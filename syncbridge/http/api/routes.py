@@ -17,6 +17,7 @@ from syncbridge.http.api import (
     devices,
     handoff,
     history,
+    openapi,
     patch,
     removal,
     snapshots,
@@ -81,6 +82,7 @@ def routes() -> list[BaseRoute]:
         _resource("/v1/tokens/revoke", "revoke", {"POST": removal.revoke_tokens}),
         _resource(f"{session}/handoff", "handoff", {"POST": handoff.create_handoff}),
         _resource("/v1/handoff/claim", "handoff_claim", {"POST": handoff.claim_handoff}),
+        _resource("/v1/openapi.json", "openapi", {"GET": openapi.get_openapi}),
     ]
 
 

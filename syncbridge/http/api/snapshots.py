@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from starlette.requests import Request
@@ -53,7 +54,8 @@ async def create_snapshot(request: Request, ctx: ApiContext) -> Response:
             keep=ctx.settings.snapshots_per_session,
         )
     response = json_response(point.describe(), status=201)
-    response.headers["location"] = f"/v1/sessions/{session_id}/snapshots/{point.id}"
+    # Header values are Latin-1: the id is percent-encoded, as in the request line.
+    response.headers["location"] = f"/v1/sessions/{quote(session_id, safe='')}/snapshots/{point.id}"
     return response
 
 
