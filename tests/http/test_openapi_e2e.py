@@ -62,7 +62,11 @@ def _run_schemathesis(base_url: str, token: str) -> list[str]:
             derandomize=True,
             suppress_health_check=list(hypothesis.HealthCheck),
         )
-        @hypothesis.given(case=operation.as_strategy())
+        # Schema-valid cases and, as many, cases that break the schema on purpose.
+        @hypothesis.given(
+            case=operation.as_strategy()
+            | operation.as_strategy(schemathesis.GenerationMode.NEGATIVE)
+        )
         def check(case: Any) -> None:
             case.call_and_validate(
                 base_url=base_url,

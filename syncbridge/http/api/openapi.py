@@ -15,8 +15,7 @@ from starlette.responses import Response
 
 from syncbridge import __version__
 from syncbridge.http.api.context import ApiContext
-from syncbridge.http.api.schemas import HANDOFF_MAX_TTL
-from syncbridge.protocol.messages import MAX_KEY_CHARS
+from syncbridge.http.api.openapi_schemas import ID, SCHEMAS, ref
 
 __all__ = ["OPERATIONS", "document", "get_openapi"]
 
@@ -24,211 +23,11 @@ JSON_TYPE: Final = "application/json"
 PROBLEM_TYPE: Final = "application/problem+json"
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-_INT: Final = {"type": "integer", "minimum": 0}
-_TIME: Final = {"type": "integer", "minimum": 0, "description": "Unix seconds"}
-_NULLABLE_TIME: Final = {"type": ["integer", "null"], "minimum": 0}
-_ID: Final = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 256,
-    "description": "1 to 256 printable characters",
-}
-_WHO: Final = {
-    "type": "object",
-    "required": ["user_id", "device_id"],
-    "properties": {
-        "user_id": {"type": ["string", "null"]},
-        "device_id": {"type": ["string", "null"]},
-    },
-}
-
-SCHEMAS: Final[dict[str, Any]] = {
-    "Problem": {
-        "type": "object",
-        "description": "RFC 9457 problem details with a stable code (docs/http-api.md#errors)",
-        "required": ["type", "title", "status", "detail", "code"],
-        "properties": {
-            "type": {"type": "string"},
-            "title": {"type": "string"},
-            "status": {"type": "integer"},
-            "detail": {"type": "string"},
-            "code": {"type": "string", "pattern": "^[A-Z_]+$"},
-        },
-        "additionalProperties": True,
-    },
-    "State": {
-        "type": "object",
-        "description": "top-level keys of 1 to 1024 characters, any JSON values",
-        "propertyNames": {"minLength": 1, "maxLength": MAX_KEY_CHARS},
-    },
-    "StateResource": {
-        "type": "object",
-        "required": ["session_id", "version", "state", "updated_at", "updated_by"],
-        "properties": {
-            "session_id": {"type": "string"},
-            "version": _INT,
-            "state": _ref("State"),
-            "updated_at": _NULLABLE_TIME,
-            "updated_by": {"oneOf": [_WHO, {"type": "null"}]},
-        },
-    },
-    "PutState": {
-        "type": "object",
-        "required": ["state"],
-        "properties": {
-            "state": _ref("State"),
-            "base_version": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**53},
-        },
-        "additionalProperties": False,
-    },
-    "JsonPatch": {
-        "type": "array",
-        "description": "RFC 6902",
-        "items": {
-            "type": "object",
-            "required": ["op", "path"],
-            "properties": {
-                "op": {"enum": ["add", "remove", "replace", "move", "copy", "test"]},
-                "path": {"type": "string"},
-                "from": {"type": "string"},
-                "value": {},
-            },
-        },
-    },
-    "Change": {
-        "type": "object",
-        "required": ["version", "key", "value", "operation", "at", "user_id", "device_id"],
-        "properties": {
-            "version": _INT,
-            "key": {"type": "string"},
-            "value": {},
-            "operation": {"enum": ["SET", "DELETE"]},
-            "at": _TIME,
-            "user_id": {"type": ["string", "null"]},
-            "device_id": {"type": ["string", "null"]},
-        },
-    },
-    "History": {
-        "type": "object",
-        "required": ["session_id", "since", "version", "changes"],
-        "properties": {
-            "session_id": {"type": "string"},
-            "since": _INT,
-            "version": _INT,
-            "changes": {"type": "array", "items": _ref("Change")},
-        },
-    },
-    "SnapshotCreate": {
-        "type": "object",
-        "properties": {"label": {"type": "string", "maxLength": 256}},
-        "additionalProperties": False,
-    },
-    "Snapshot": {
-        "type": "object",
-        "required": ["id", "version", "label", "created_at", "created_by"],
-        "properties": {
-            "id": {"type": "string"},
-            "version": _INT,
-            "label": {"type": "string"},
-            "created_at": _TIME,
-            "created_by": _WHO,
-            "state": _ref("State"),
-        },
-    },
-    "SnapshotList": {
-        "type": "object",
-        "required": ["session_id", "snapshots"],
-        "properties": {
-            "session_id": {"type": "string"},
-            "snapshots": {"type": "array", "items": _ref("Snapshot")},
-        },
-    },
-    "Device": {
-        "type": "object",
-        "required": ["device_id", "user_id", "is_online"],
-        "properties": {
-            "device_id": {"type": "string"},
-            "user_id": {"type": "string"},
-            "device_type": {"type": ["string", "null"]},
-            "device_name": {"type": ["string", "null"]},
-            "connected_at": _NULLABLE_TIME,
-            "last_seen": _NULLABLE_TIME,
-            "is_online": {"type": "boolean"},
-        },
-    },
-    "Devices": {
-        "type": "object",
-        "required": ["session_id", "devices", "count"],
-        "properties": {
-            "session_id": {"type": "string"},
-            "devices": {"type": "array", "items": _ref("Device")},
-            "count": _INT,
-        },
-    },
-    "HandoffCreate": {
-        "type": "object",
-        "properties": {"ttl": {"type": "integer", "minimum": 1, "maximum": HANDOFF_MAX_TTL}},
-        "additionalProperties": False,
-    },
-    "HandoffTicket": {
-        "type": "object",
-        "required": ["ticket", "expires_at", "session_id"],
-        "properties": {
-            "ticket": {"type": "string", "minLength": 43},
-            "expires_at": _TIME,
-            "session_id": {"type": "string"},
-        },
-    },
-    "HandoffClaim": {
-        "type": "object",
-        "required": ["ticket", "device_id"],
-        "properties": {"ticket": {"type": "string", "maxLength": 256}, "device_id": _ID},
-        "additionalProperties": False,
-    },
-    "HandoffClaimed": {
-        "type": "object",
-        "required": ["token", "expires_at", "session_id", "user_id", "device_id", "version"],
-        "properties": {
-            "token": {"type": "string"},
-            "expires_at": _TIME,
-            "session_id": {"type": "string"},
-            "user_id": {"type": "string"},
-            "device_id": {"type": "string"},
-            "version": _INT,
-        },
-    },
-    "TokenRevoke": {
-        "oneOf": [
-            {
-                "type": "object",
-                "required": ["jti"],
-                "properties": {"jti": _ID, "expires_at": {**_TIME, "maximum": 2**53}},
-                "additionalProperties": False,
-            },
-            {
-                "type": "object",
-                "required": ["session_id", "device_id"],
-                "properties": {"session_id": _ID, "device_id": _ID},
-                "additionalProperties": False,
-            },
-        ]
-    },
-    "Revoked": {
-        "type": "object",
-        "required": ["revoked", "until"],
-        "properties": {"revoked": {"const": True}, "until": _TIME},
-    },
-}
-
 _SID: Final = {
     "name": "sid",
     "in": "path",
     "required": True,
-    "schema": {**_ID, "pattern": "^[^/]*$"},
+    "schema": {**ID, "pattern": "^[^/]*$"},
     "description": "session id (a device token reaches only its own)",
 }
 _IF_MATCH: Final = {
@@ -245,7 +44,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _problems(*statuses: int) -> dict[str, Any]:
-    problem = {PROBLEM_TYPE: {"schema": _ref("Problem")}}
+    problem = {PROBLEM_TYPE: {"schema": ref("Problem")}}
     base = (400, 401, 403, 404, 503)
     return {
         str(s): {"description": "problem details", "content": problem}
@@ -272,7 +71,7 @@ def _op(
         media, schema = body
         op["requestBody"] = {
             "required": body_required,
-            "content": {media: {"schema": _ref(schema)}},
+            "content": {media: {"schema": ref(schema)}},
         }
     if not security:
         op["security"] = []
@@ -284,7 +83,7 @@ _SESSION: Final = "/v1/sessions/{sid}"
 _NO_CONTENT: Final = {"204": {"description": "done"}}
 _STATE_OK: Final = {
     "200": {
-        **_json(_ref("StateResource"), "the state"),
+        **_json(ref("StateResource"), "the state"),
         "headers": {"ETag": {"schema": {"type": "string"}, "description": '"<version>"'}},
     }
 }
@@ -308,7 +107,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     ),
     (f"{_SESSION}/history", "get"): _op(
         "Changes after a version",
-        {"200": _json(_ref("History"), "the retained changes")},
+        {"200": _json(ref("History"), "the retained changes")},
         params=(
             _SID,
             {
@@ -321,39 +120,39 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         errors=(410, 422),
     ),
     (f"{_SESSION}/snapshots", "get"): _op(
-        "List snapshots, newest first", {"200": _json(_ref("SnapshotList"), "snapshots")}
+        "List snapshots, newest first", {"200": _json(ref("SnapshotList"), "snapshots")}
     ),
     (f"{_SESSION}/snapshots", "post"): _op(
         "Save a labelled snapshot",
-        {"201": _json(_ref("Snapshot"), "the snapshot")},
+        {"201": _json(ref("Snapshot"), "the snapshot")},
         body=(JSON_TYPE, "SnapshotCreate"),
         body_required=False,
         errors=(413, 415, 422, 429),
     ),
     (f"{_SESSION}/snapshots/{{snapshot_id}}", "get"): _op(
         "One snapshot with its state",
-        {"200": _json(_ref("Snapshot"), "the snapshot")},
-        params=(_SID, {"name": "snapshot_id", "in": "path", "required": True, "schema": _ID}),
+        {"200": _json(ref("Snapshot"), "the snapshot")},
+        params=(_SID, {"name": "snapshot_id", "in": "path", "required": True, "schema": ID}),
     ),
     (f"{_SESSION}/snapshots/{{snapshot_id}}/restore", "post"): _op(
         "Restore a snapshot as one new version",
         _STATE_OK,
         params=(
             _SID,
-            {"name": "snapshot_id", "in": "path", "required": True, "schema": _ID},
+            {"name": "snapshot_id", "in": "path", "required": True, "schema": ID},
             _IF_MATCH,
         ),
         errors=(409, 413, 429),
     ),
     (f"{_SESSION}/devices", "get"): _op(
-        "Devices online now", {"200": _json(_ref("Devices"), "online devices")}
+        "Devices online now", {"200": _json(ref("Devices"), "online devices")}
     ),
     (f"{_SESSION}/devices/{{device_id}}", "delete"): _op(
         "Remove a device (close 4409; with revoke, 4403 and its tokens refused)",
         _NO_CONTENT,
         params=(
             _SID,
-            {"name": "device_id", "in": "path", "required": True, "schema": _ID},
+            {"name": "device_id", "in": "path", "required": True, "schema": ID},
             {
                 "name": "revoke",
                 "in": "query",
@@ -368,21 +167,21 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     ),
     (f"{_SESSION}/handoff", "post"): _op(
         "Mint a single-use handoff ticket (device token)",
-        {"201": _json(_ref("HandoffTicket"), "the ticket")},
+        {"201": _json(ref("HandoffTicket"), "the ticket")},
         body=(JSON_TYPE, "HandoffCreate"),
         body_required=False,
         errors=(413, 415, 422, 429),
     ),
     ("/v1/handoff/claim", "post"): _op(
         "Claim a handoff ticket with a token of the same user",
-        {"200": _json(_ref("HandoffClaimed"), "a device token for the session")},
+        {"200": _json(ref("HandoffClaimed"), "a device token for the session")},
         params=(),
         body=(JSON_TYPE, "HandoffClaim"),
         errors=(410, 413, 415, 422, 429),
     ),
     ("/v1/tokens/revoke", "post"): _op(
         "Revoke a token (jti) or a device's tokens issued until now",
-        {"200": _json(_ref("Revoked"), "revoked")},
+        {"200": _json(ref("Revoked"), "revoked")},
         params=(),
         body=(JSON_TYPE, "TokenRevoke"),
         errors=(413, 415, 422, 429),
