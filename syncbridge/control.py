@@ -8,11 +8,13 @@ process subscribes to) and each process acts on its own matching connections
 
 from __future__ import annotations
 
+import collections
 import logging
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import attrs
 import orjson
+import trio
 
 from syncbridge.auth import Claims
 from syncbridge.errors import CloseCode
@@ -21,6 +23,11 @@ from syncbridge.hub import Outbox
 __all__ = ["Closable", "CloseOrder", "Delivery", "PeerRegistry"]
 
 log = logging.getLogger(__name__)
+
+#: How long revocation orders are remembered for connections that finish their
+#: Auth just after the order went by (their revocation check ran before the
+#: revocation was stored). Seconds.
+REVOCATION_MEMORY: Final = 60.0
 
 
 class Closable(Protocol):
@@ -105,13 +112,22 @@ class PeerRegistry:
 
     def __init__(self) -> None:
         self._peers: dict[int, Closable] = {}
+        self._revocations: collections.deque[tuple[float, CloseOrder]] = collections.deque()
 
     def __len__(self) -> int:
         return len(self._peers)
 
     def add(self, peer: Closable) -> None:
-        """An authenticated connection."""
+        """An authenticated connection (closed at once if a recent revocation names it)."""
         self._peers[peer.key] = peer
+        now = trio.current_time()
+        while self._revocations and self._revocations[0][0] < now - REVOCATION_MEMORY:
+            self._revocations.popleft()
+        claims = peer.claims
+        for _at, order in self._revocations:
+            if claims is not None and order.matches(claims):
+                peer.close(order.code, order.reason)
+                return
 
     def discard(self, key: int) -> None:
         """A closing connection."""
@@ -119,6 +135,10 @@ class PeerRegistry:
 
     def close_matching(self, order: CloseOrder) -> int:
         """Close the connections that match ``order``; return how many."""
+        if order.code is CloseCode.TOKEN_REVOKED:
+            # A revoked token stays refused: remember it for connections whose
+            # Auth passed its revocation check just before the revocation was stored.
+            self._revocations.append((trio.current_time(), order))
         closing = [
             peer
             for peer in self._peers.values()

@@ -81,6 +81,8 @@ async def remove_device(request: Request, ctx: ApiContext) -> Response:
             reason="device removed from the session",
             session_id=session_id,
             device_id=device_id,
+            # A revocation covers the tokens issued until now, not later ones.
+            issued_before=now if revoke else None,
         )
     )
     return Response(status_code=204, headers={"cache-control": "no-store"})
