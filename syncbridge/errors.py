@@ -59,7 +59,7 @@ class CloseCode(enum.IntEnum):
     LIVENESS_TIMEOUT = 4001
     # 4400-4499: the client must change something before reconnecting.
     TOKEN_EXPIRED = 4401
-    TOKEN_REVOKED = 4403  # the socket's token (or its device's tokens) was revoked
+    TOKEN_REVOKED = 4402  # the socket's token (or its device's tokens) was revoked
     DEVICE_REMOVED = 4409  # the device was removed from the session (HTTP API)
     SESSION_DELETED = 4410  # the session was deleted (HTTP API)
     AUTH_TIMEOUT = 4408

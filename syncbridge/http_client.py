@@ -189,7 +189,7 @@ class HttpClient:
         return list(result["devices"])
 
     async def remove_device(self, session_id: str, device_id: str, *, revoke: bool = False) -> None:
-        """Close the device's sockets (4409; with ``revoke``, 4403 and its tokens refused)."""
+        """Close the device's sockets (4409; with ``revoke``, 4402 and its tokens refused)."""
         await self._call(
             "DELETE",
             f"/v1/sessions/{_sid(session_id)}/devices/{_sid(device_id)}",

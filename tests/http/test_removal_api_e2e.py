@@ -1,4 +1,4 @@
-"""Device kick (4409, DeviceLeft), ?revoke=true (4403), session delete (4410), token revocation."""
+"""Device kick (4409, DeviceLeft), ?revoke=true (4402), session delete (4410), token revocation."""
 
 from __future__ import annotations
 

@@ -148,7 +148,7 @@ OPERATIONS: Final[dict[tuple[str, str], dict[str, Any]]] = {
         "Devices online now", {"200": _json(ref("Devices"), "online devices")}
     ),
     (f"{_SESSION}/devices/{{device_id}}", "delete"): _op(
-        "Remove a device (close 4409; with revoke, 4403 and its tokens refused)",
+        "Remove a device (close 4409; with revoke, 4402 and its tokens refused)",
         _NO_CONTENT,
         params=(
             _SID,

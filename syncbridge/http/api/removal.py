@@ -47,7 +47,7 @@ async def delete_session(request: Request, ctx: ApiContext) -> Response:
 
 
 async def remove_device(request: Request, ctx: ApiContext) -> Response:
-    """Close a device's sockets (4409, or 4403 with ``?revoke=true``, which also
+    """Close a device's sockets (4409, or 4402 with ``?revoke=true``, which also
     refuses every token of the device issued until now)."""
     caller = await ctx.caller(request)
     session_id = request.path_params["sid"]
