@@ -21,6 +21,7 @@ from syncbridge.backend import MemoryBackend, create_backend
 from syncbridge.connection import Connection
 from syncbridge.errors import CloseCode
 from syncbridge.http.admin import AdminRoutes, is_admin_path
+from syncbridge.http.api import ApiContext, create_api
 from syncbridge.http.console import Console, is_console_path
 from syncbridge.http.health import health, readiness
 from syncbridge.http.response import send_json
@@ -89,6 +90,7 @@ class SyncBridgeApp:
         )
         self.admin = AdminRoutes(self, self.service.authority, self.metrics)
         self.console = Console(self, self.admin)
+        self.api = create_api(ApiContext.create(self.service, settings))
         self.connections: dict[int, Connection] = {}
         self.address_rate = AddressRate(
             settings.handshake_rate,
@@ -139,7 +141,7 @@ class SyncBridgeApp:
         if kind == "http" and is_console_path(scope["path"]) and not self.settings.admin_addr:
             await self.console.handle(scope, receive, send)  # with ADMIN_ADDR: there only
         elif kind == "http":
-            await self._http(scope, send)
+            await self._http(scope, receive, send)
         elif kind == "websocket" and (await receive())["type"] == "websocket.connect":
             if scope["path"] != WS_PATH:
                 await self._reject(send, 404, f"no WebSocket at {scope['path']}; use {WS_PATH}")
@@ -169,10 +171,12 @@ class SyncBridgeApp:
         else:
             await self.admin.handle(scope, send)
 
-    async def _http(self, scope: Scope, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         method = scope["method"]
-        if is_admin_path(path):
+        if path.startswith("/v1/"):
+            await self.api(scope, receive, send)
+        elif is_admin_path(path):
             if self.settings.admin_addr:  # served on the private address only
                 await send_json(send, 404, {"error": f"no route for {path}"})
             else:

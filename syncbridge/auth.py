@@ -80,6 +80,13 @@ class Claims:
     auth_time: int | None = None
     email: str | None = None
     roles: tuple[str, ...] = ()
+    #: The token's unique id (claim ``jti``), when it has one: what revocation names.
+    token_id: str | None = None
+
+    @property
+    def is_service(self) -> bool:
+        """A back-end service's token: reaches every session over the HTTP API."""
+        return SERVICE_ROLE in self.roles
 
     @property
     def is_admin(self) -> bool:
@@ -170,6 +177,7 @@ class TokenAuthority:
                 reason="claim_chars",
             )
         email = raw.get("email")
+        jti = raw.get("jti")
         return Claims(
             user_id=values["user_id"],
             device_id=values["device_id"],
@@ -180,6 +188,8 @@ class TokenAuthority:
             # Informational only: an unusable email is dropped, not refused.
             email=email if _printable(email, _MAX_ID_CHARS) else None,
             roles=tuple(roles),
+            # An unusable jti is ignored: the token then cannot be revoked by id.
+            token_id=jti if _printable(jti, _MAX_ID_CHARS) else None,
         )
 
     def mint(

@@ -8,13 +8,17 @@ event of the sessions it serves, in the order Redis published them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
 
 from syncbridge.hub import Hub, Outbox
 
-__all__ = ["Broker", "LocalBroker", "ReplyTicket"]
+__all__ = ["Broker", "ControlHandler", "LocalBroker", "ReplyTicket"]
+
+#: Receives control messages (encoded :class:`syncbridge.control.CloseOrder`).
+ControlHandler = Callable[[bytes], None]
 
 
 class ReplyTicket(Protocol):
@@ -62,6 +66,14 @@ class Broker(Protocol):
         """One fewer local connection in the session."""
         ...
 
+    async def publish_control(self, message: bytes) -> None:
+        """Deliver a control message to every process's control handler."""
+        ...
+
+    def on_control(self, handler: ControlHandler) -> None:
+        """Set this process's control handler."""
+        ...
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Background delivery until cancelled; started by the app's lifespan."""
         ...
@@ -72,6 +84,7 @@ class LocalBroker:
 
     def __init__(self, hub: Hub) -> None:
         self._hub = hub
+        self._on_control: ControlHandler | None = None
 
     async def publish(
         self,
@@ -94,6 +107,16 @@ class LocalBroker:
     def reply_in_order(self, session_id: str, origin: int) -> ReplyTicket | None:
         """None: the service sends acks and fans out under the session lock."""
         return None
+
+    async def publish_control(self, message: bytes) -> None:
+        """This process is every process."""
+        await trio.lowlevel.checkpoint()
+        if self._on_control is not None:
+            self._on_control(message)
+
+    def on_control(self, handler: ControlHandler) -> None:
+        """Set the handler."""
+        self._on_control = handler
 
     async def watch(self, session_id: str) -> None:
         """Nothing to subscribe to."""

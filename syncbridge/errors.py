@@ -12,6 +12,7 @@
     │   ├── PermissionDenied     403 FORBIDDEN
     │   ├── RateLimited          429 RATE_LIMITED
     │   ├── LimitExceeded        413 STATE_TOO_LARGE, 413 TOO_MANY_KEYS, 429 TOO_MANY_DEVICES
+    │   ├── VersionConflict      409 VERSION_CONFLICT (a write based on an older version)
     │   └── StoreUnavailable     503 STORE_UNAVAILABLE
     ├── AuthenticationError    a token that is refused: AuthFailure (9) {code: 401}
     └── ProtocolViolation      abuse that closes the socket with its close code
@@ -42,6 +43,7 @@ __all__ = [
     "StoreUnavailable",
     "SyncBridgeError",
     "UnknownType",
+    "VersionConflict",
 ]
 
 
@@ -58,6 +60,9 @@ class CloseCode(enum.IntEnum):
     # 4400-4499: the client must change something before reconnecting.
     TOKEN_EXPIRED = 4401
     KICKED = 4403  # an operator closed this device's connections (POST /admin/kick)
+    TOKEN_REVOKED = 4402  # the socket's token (or its device's tokens) was revoked
+    DEVICE_REMOVED = 4409  # the device was removed from the session (HTTP API)
+    SESSION_DELETED = 4410  # the session was deleted (HTTP API)
     AUTH_TIMEOUT = 4408
     FLOODING = 4429
 
@@ -159,6 +164,25 @@ class LimitExceeded(RequestError):
         super().__init__(message, details=details)
         self.status = status
         self.error_code = error_code
+
+
+class VersionConflict(RequestError):
+    """A write named the version it was based on and the session has moved on.
+
+    Nothing was applied; ``current_version`` lets the writer re-read and retry.
+    """
+
+    status = 409
+    error_code = "VERSION_CONFLICT"
+
+    def __init__(self, *, current_version: int, base_version: int) -> None:
+        super().__init__(
+            f"the session is at version {current_version}, not {base_version}: "
+            "re-read the state and retry",
+            details={"current_version": current_version, "base_version": base_version},
+        )
+        self.current_version = current_version
+        self.base_version = base_version
 
 
 class StoreUnavailable(RequestError):

@@ -110,6 +110,12 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.http_requests = Counter(
+            "syncbridge_http_requests",
+            "HTTP API (/v1) answers, by route, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
         self.pubsub_lag_seconds = Histogram(
             "syncbridge_pubsub_lag_seconds",
             "Redis: event published to event received by this process's relay",

@@ -11,8 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 import orjson
@@ -20,6 +19,7 @@ import trio
 
 from syncbridge.auth import Claims, TokenAuthority
 from syncbridge.broker import Broker
+from syncbridge.control import CloseOrder, Delivery, PeerRegistry
 from syncbridge.errors import (
     AuthenticationError,
     CloseCode,
@@ -48,6 +48,7 @@ from syncbridge.protocol.session import Snapshot, TokenBucket
 from syncbridge.refusals import RefusalLog
 from syncbridge.settings import Settings
 from syncbridge.store.base import Origin, Store
+from syncbridge.store.locks import SessionLocks
 
 __all__ = ["DEFAULT_TOKEN_MAX_LIFETIME", "Peer", "SessionService"]
 
@@ -123,8 +124,12 @@ class SessionService:
         self.device_buckets = DeviceBuckets(rate_limit, rate_burst)
         self.clock = clock
         self._last_time = 0
-        self._locks: dict[str, trio.Lock] = {}
+        self.locks = SessionLocks()
         self.observer = Observer(clock=clock)  # what the operator console shows
+        # Authenticated connections of this process, for close orders (kick,
+        # session delete, revocation) that arrive from any process.
+        self.peers = PeerRegistry()
+        broker.on_control(self.peers.handle)
 
     def now(self) -> int:
         """Server time in Unix seconds, never going backwards (v1: server_time)."""
@@ -179,6 +184,17 @@ class SessionService:
             )
             await self._reply(
                 peer, MessageType.AUTH_FAILURE, {"code": 401, "message": exc.message}, cid
+            )
+            return
+        try:
+            revoked = await self.is_revoked(claims)
+        except StoreUnavailable as exc:
+            await self._refuse_auth(peer, exc, cid)
+            return
+        if revoked:
+            self._auth_refusals.refuse("revoked", "token for connection %d: revoked", peer.key)
+            await self._reply(
+                peer, MessageType.AUTH_FAILURE, {"code": 401, "message": "token is revoked"}, cid
             )
             return
         previous = peer.claims
@@ -272,6 +288,7 @@ class SessionService:
             self.hub.subscribe(claims.session_id, peer.key, peer.outbox, device_id=claims.device_id)
             peer.share_rate_limit(self.device_buckets.acquire(claims.session_id, claims.device_id))
         peer.claims = claims
+        self.peers.add(peer)
         peer.device_type = device_type
         peer.device_name = device_name
         renewed = self._renew(claims, now, peer)
@@ -394,23 +411,6 @@ class SessionService:
             snap = await self.store.snapshot(claims.session_id)
         await self._reply(peer, MessageType.SNAPSHOT_RESPONSE, _snapshot_payload(snap), cid)
 
-    @asynccontextmanager
-    async def _session_lock(self, session_id: str) -> AsyncIterator[None]:
-        # One writer at a time per session, in arrival order (trio.Lock is
-        # fair): versions are then fanned out in the order the store assigned
-        # them, and a full outbox holds back later versions instead of being
-        # overtaken by them.
-        lock = self._locks.get(session_id)
-        if lock is None:
-            lock = self._locks[session_id] = trio.Lock()
-        try:
-            async with lock:
-                yield
-        finally:
-            stats = lock.statistics()
-            if not stats.locked and not stats.tasks_waiting and self._locks.get(session_id) is lock:
-                del self._locks[session_id]
-
     async def _update(self, peer: Peer, request: StateUpdateRequest, cid: Any) -> None:
         claims = self._owned(peer)
         started = time.perf_counter()
@@ -418,7 +418,7 @@ class SessionService:
         # puts it there); in one process the session lock orders everything.
         ticket = self.broker.reply_in_order(claims.session_id, peer.key)
         try:
-            async with self._session_lock(claims.session_id):
+            async with self.locks.hold(claims.session_id):
                 with self.metrics.store_operation("apply"):
                     change = await self.store.apply(
                         claims.session_id,
@@ -426,6 +426,7 @@ class SessionService:
                         request.value,
                         request.operation,
                         Origin(claims.user_id, claims.device_id, peer.key),
+                        base_version=request.base_version,
                     )
                 self.metrics.update_store_seconds.observe(time.perf_counter() - started)
                 self.observer.updated(
@@ -482,6 +483,24 @@ class SessionService:
             peer, MessageType.DEVICE_LIST, {"devices": devices, "count": len(devices)}, cid
         )
 
+    async def is_revoked(self, claims: Claims) -> bool:
+        """Whether the token was revoked (by its jti, or all of its device's tokens)."""
+        with self.metrics.store_operation("revocation"):
+            return await self.store.is_revoked(
+                token_id=claims.token_id,
+                session_id=claims.session_id,
+                device_id=claims.device_id,
+                issued_at=claims.issued_at,
+            )
+
+    async def close_everywhere(self, order: CloseOrder) -> None:
+        """Have every process close its sockets that match ``order``."""
+        await self.broker.publish_control(order.encode())
+
+    async def deliver_everywhere(self, delivery: Delivery) -> None:
+        """Send a frame to one device's sockets, on whichever processes they are."""
+        await self.broker.publish_control(delivery.encode())
+
     def touch(self, peer: Peer) -> None:
         """Record a sign of life for the peer's device."""
         if peer.claims is not None:
@@ -496,6 +515,7 @@ class SessionService:
         claims = peer.claims
         if claims is None:
             return
+        self.peers.discard(peer.key)
         self.hub.unsubscribe(claims.session_id, peer.key)
         self.device_buckets.release(claims.session_id, claims.device_id)
         self.observer.closed(claims.session_id, claims.device_id, getattr(peer, "close_code", None))

@@ -172,6 +172,36 @@ class Settings:
         validator=_positive,
         metadata=_opt("FLOOD_WINDOW", "window in which RATE_BURST refusals close a socket (4429)"),
     )
+    http_rate_limit: float = attrs.field(
+        default=20.0,
+        validator=_positive,
+        metadata=_opt("HTTP_RATE_LIMIT", "HTTP API writes per second per token (beyond: 429)"),
+    )
+    http_rate_burst: int = attrs.field(
+        default=40,
+        validator=_positive,
+        metadata=_opt("HTTP_RATE_BURST", "HTTP API writes a token may send at once"),
+    )
+    http_max_body_bytes: int = attrs.field(
+        default=1_100_000,
+        validator=_positive,
+        metadata=_opt("HTTP_MAX_BODY_BYTES", "HTTP API request body size (beyond: 413)"),
+    )
+    snapshots_per_session: int = attrs.field(
+        default=20,
+        validator=_positive,
+        metadata=_opt(
+            "SNAPSHOTS_PER_SESSION", "HTTP API restore points kept per session (oldest dropped)"
+        ),
+    )
+    revocation_retention: float = attrs.field(
+        default=30 * 86400.0,
+        validator=_positive,
+        metadata=_opt(
+            "REVOCATION_RETENTION",
+            "how long a revocation without a known token expiry is enforced",
+        ),
+    )
     max_devices_per_session: int = attrs.field(
         default=32,
         validator=_positive,

@@ -298,7 +298,7 @@ async def test_connection_cleanup_device_left_only_when_last_tab_closes(
     assert app.hub.session_count == 0
     assert app.hub.subscriber_count == 0
     assert app.presence.session_count == 0
-    assert app.service._locks == {}
+    assert app.service.locks._locks == {}
     assert app.connections == {}
 
 

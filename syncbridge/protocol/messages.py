@@ -139,6 +139,10 @@ class StateUpdateRequest:
     key: str = attrs.field(validator=[_non_empty, _max_chars(MAX_KEY_CHARS)])
     value: Any = ABSENT
     operation: Operation = Operation.SET
+    # SyncBridge extension: the version this change was based on; when the
+    # session has moved on, the change is refused with 409 VERSION_CONFLICT.
+    # Absent or null: last writer wins (v1).
+    base_version: int | None = attrs.field(default=None, validator=_not_negative)
 
     def __attrs_post_init__(self) -> None:
         if self.operation is Operation.SET and self.value is ABSENT:

@@ -13,16 +13,20 @@ from typing import Any, Final
 import attrs
 import orjson
 
-from syncbridge.errors import LimitExceeded
+from syncbridge.errors import LimitExceeded, VersionConflict
 from syncbridge.protocol.messages import Operation
 
 __all__ = [
     "DEFAULT_HISTORY_MAX_BYTES",
     "Change",
+    "Commit",
+    "Edit",
     "SessionState",
     "Snapshot",
     "TokenBucket",
     "change_from_record",
+    "changes_from_record",
+    "check_base_version",
 ]
 
 #: HISTORY_MAX_BYTES's default (settings.py declares the setting).
@@ -54,6 +58,45 @@ class Change:
 
 
 @attrs.frozen(kw_only=True)
+class Edit:
+    """One key's part of a multi-key write: ``raw`` is the value's JSON (``b"null"`` for DELETE)."""
+
+    key: str
+    operation: Operation
+    raw: bytes
+
+    @classmethod
+    def set(cls, key: str, value: Any) -> Edit:
+        """SET ``key`` to ``value`` (encoded here, once)."""
+        return cls(key=key, operation=Operation.SET, raw=orjson.dumps(value))
+
+    @classmethod
+    def delete(cls, key: str) -> Edit:
+        """DELETE ``key``."""
+        return cls(key=key, operation=Operation.DELETE, raw=b"null")
+
+
+@attrs.frozen(kw_only=True)
+class Commit:
+    """One accepted multi-key write: one new version, several keys changed."""
+
+    version: int
+    edits: tuple[Edit, ...]
+    at: int
+    user_id: str | None = None
+    device_id: str | None = None
+
+
+def check_base_version(base_version: int | None, current: int) -> None:
+    """Raise VersionConflict when a write based on ``base_version`` would overwrite newer state.
+
+    None means "last writer wins" (v1 behaviour).
+    """
+    if base_version is not None and base_version != current:
+        raise VersionConflict(current_version=current, base_version=base_version)
+
+
+@attrs.frozen(kw_only=True)
 class Snapshot:
     """A session's whole state at one version (``version == 0``: never written).
 
@@ -66,6 +109,9 @@ class Snapshot:
     version: int
     created_at: int | None
     updated_at: int | None
+    #: Who made the latest change (user and device ids), when known.
+    updated_by_user: str | None = None
+    updated_by_device: str | None = None
 
     @property
     def state(self) -> dict[str, Any]:
@@ -101,6 +147,8 @@ class SessionState:
     created_at: int | None = None
     updated_at: int | None = None
     total_bytes: int = 0
+    updated_by_user: str | None = None
+    updated_by_device: str | None = None
     history_bytes: int = attrs.field(init=False, default=0)
     _values: dict[str, bytes] = attrs.field(factory=dict, alias="_values")
     _records: collections.deque[bytes] = attrs.field(init=False, factory=collections.deque)
@@ -113,7 +161,7 @@ class SessionState:
     @property
     def history(self) -> list[Change]:
         """The kept changes, oldest first (decoded)."""
-        return [_change(raw) for raw in self._records]
+        return [c for raw in self._records for c in _changes(raw)]
 
     def apply(
         self,
@@ -126,8 +174,11 @@ class SessionState:
         max_keys: int,
         user_id: str | None = None,
         device_id: str | None = None,
+        base_version: int | None = None,
     ) -> Change:
-        """Apply one change and return it with its version; raise if it breaks a limit."""
+        """Apply one change and return it with its version; raise if it breaks a limit
+        or the session has moved on from ``base_version``."""
+        check_base_version(base_version, self.version)
         key_bytes = len(key.encode())
         old = self._values.get(key)
         old_size = 0 if old is None else key_bytes + len(old)
@@ -159,10 +210,7 @@ class SessionState:
                 )
             self._values[key] = raw
             self.total_bytes = new_total
-        self.version += 1
-        if self.created_at is None:
-            self.created_at = now
-        self.updated_at = now
+        self._bump(now, user_id, device_id)
         self._remember(
             orjson.dumps(
                 {
@@ -186,6 +234,74 @@ class SessionState:
             device_id=device_id,
         )
 
+    def apply_many(
+        self,
+        edits: tuple[Edit, ...],
+        *,
+        now: int,
+        max_state_bytes: int,
+        max_keys: int,
+        user_id: str | None = None,
+        device_id: str | None = None,
+        base_version: int | None = None,
+    ) -> Commit:
+        """Apply several edits (distinct keys) as ONE new version, all or none.
+
+        Limits are checked on the result before anything changes: the state's
+        encoded size, and the key count when the write adds keys.
+        """
+        check_base_version(base_version, self.version)
+        if not edits:
+            raise RuntimeError("apply_many needs at least one edit")
+        total = self.total_bytes
+        keys = len(self._values)
+        for edit in edits:
+            key_bytes = len(edit.key.encode())
+            old = self._values.get(edit.key)
+            if old is not None:
+                total -= key_bytes + len(old)
+                keys -= 1
+            if edit.operation is Operation.SET:
+                total += key_bytes + len(edit.raw)
+                keys += 1
+        _check_limits(total, keys, len(self._values), max_state_bytes, max_keys)
+        for edit in edits:
+            if edit.operation is Operation.SET:
+                self._values[edit.key] = edit.raw
+            else:
+                self._values.pop(edit.key, None)
+        self.total_bytes = total
+        self._bump(now, user_id, device_id)
+        self._remember(
+            orjson.dumps(
+                {
+                    "version": self.version,
+                    "changes": [
+                        {
+                            "key": e.key,
+                            "value": orjson.Fragment(e.raw),
+                            "operation": e.operation.value,
+                        }
+                        for e in edits
+                    ],
+                    "at": now,
+                    "user_id": user_id,
+                    "device_id": device_id,
+                }
+            )
+        )
+        return Commit(
+            version=self.version, edits=edits, at=now, user_id=user_id, device_id=device_id
+        )
+
+    def _bump(self, now: int, user_id: str | None, device_id: str | None) -> None:
+        self.version += 1
+        if self.created_at is None:
+            self.created_at = now
+        self.updated_at = now
+        self.updated_by_user = user_id
+        self.updated_by_device = device_id
+
     def _remember(self, record: bytes) -> None:
         self._records.append(record)
         self.history_bytes += len(record)
@@ -203,6 +319,8 @@ class SessionState:
             version=self.version,
             created_at=self.created_at,
             updated_at=self.updated_at,
+            updated_by_user=self.updated_by_user,
+            updated_by_device=self.updated_by_device,
         )
 
     def changes_since(self, version: int, max_bytes: int | None = None) -> list[Change] | None:
@@ -219,7 +337,8 @@ class SessionState:
             return []
         if version > self.version:
             return None
-        # Versions are consecutive and each kept one has a record, so the oldest
+        # Versions are consecutive and each kept one has one record (a multi-key
+        # write is one record holding its changes), so the oldest
         # kept record is the current version minus the records kept, plus one.
         oldest = self.version - len(self._records) + 1
         if not self._records or oldest > version + 1:
@@ -232,7 +351,34 @@ class SessionState:
                 if size > max_bytes:
                     return None
         skip = len(self._records) - count
-        return [_change(raw) for raw in itertools.islice(self._records, skip, None)]
+        return [c for raw in itertools.islice(self._records, skip, None) for c in _changes(raw)]
+
+
+def _check_limits(total: int, keys: int, keys_before: int, max_bytes: int, max_keys: int) -> None:
+    """The limits of a multi-key write, checked on its result (shared with Redis's answers)."""
+    if total > max_bytes:
+        raise LimitExceeded(
+            f"session state would grow to {total} bytes; the limit is {max_bytes} bytes",
+            status=413,
+            error_code="STATE_TOO_LARGE",
+            details={"limit_bytes": max_bytes, "would_be_bytes": total},
+        )
+    if keys > max_keys and keys > keys_before:
+        raise LimitExceeded(
+            f"session would hold {keys} keys; the limit is {max_keys}",
+            status=413,
+            error_code="TOO_MANY_KEYS",
+            details={"limit_keys": max_keys},
+        )
+
+
+def changes_from_record(record: dict[str, Any]) -> list[Change]:
+    """The Changes of one history record: one, or several of the same version for a
+    multi-key write (``{"version", "changes": [{key, value, operation}], ...}``)."""
+    nested = record.get("changes")
+    if nested is None:
+        return [change_from_record(record)]
+    return [change_from_record({**record, **c, "version": record["version"]}) for c in nested]
 
 
 def change_from_record(record: dict[str, Any]) -> Change:
@@ -248,8 +394,8 @@ def change_from_record(record: dict[str, Any]) -> Change:
     )
 
 
-def _change(raw: bytes) -> Change:
-    return change_from_record(orjson.loads(raw))
+def _changes(raw: bytes) -> list[Change]:
+    return changes_from_record(orjson.loads(raw))
 
 
 @attrs.define

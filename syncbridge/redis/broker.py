@@ -26,7 +26,7 @@ import coredis
 import orjson
 import trio
 
-from syncbridge.broker import ReplyTicket
+from syncbridge.broker import ControlHandler, ReplyTicket
 from syncbridge.hub import Hub
 from syncbridge.redis.connection import STORE_FAILURES, Keys, RedisClient, call
 from syncbridge.redis.ordering import AckOrder
@@ -35,11 +35,14 @@ __all__ = ["RedisBroker"]
 
 log = logging.getLogger(__name__)
 
+#: Control messages (close orders) for every process; one slot on a cluster.
+CONTROL_CHANNEL: Final = "syncbridge:{control}"
 _BACKOFF_FIRST: Final = 0.1
 _BACKOFF_MAX: Final = 5.0
 
 # (connections to skip, device to skip, frame, version of a StateUpdate or None)
 Event = tuple[tuple[int, ...], str | None, str, int | None]
+_CONTROL_BYTES: Final = CONTROL_CHANNEL.encode()
 
 
 class RedisBroker:
@@ -73,6 +76,7 @@ class RedisBroker:
         self.reconnects = 0
         self._backoff = _BACKOFF_FIRST
         self.acks = AckOrder(hub, timeout=timeout)
+        self._on_control: ControlHandler | None = None
 
     def reply_in_order(self, session_id: str, origin: int) -> ReplyTicket | None:
         """A ticket whose ack this process's relay places at its version's turn."""
@@ -102,6 +106,20 @@ class RedisBroker:
         channel = Keys(session_id).channel
         send = self._client.spublish if self._sharded else self._client.publish
         await call("publish", timeout or self._timeout, lambda: send(channel, message))
+
+    async def publish_control(self, message: bytes) -> None:
+        """PUBLISH a control message; every connected process's relay hands it over.
+
+        A process whose pub/sub connection is down misses it; it closes and
+        resyncs its sessions' connections when it reconnects, and refused tokens
+        are refused at every Auth anyway (they are checked in the store).
+        """
+        send = self._client.spublish if self._sharded else self._client.publish
+        await call("publish", self._timeout, lambda: send(CONTROL_CHANNEL, message))
+
+    def on_control(self, handler: ControlHandler) -> None:
+        """Set the handler of control messages."""
+        self._on_control = handler
 
     async def watch(self, session_id: str) -> None:
         """Subscribe to the session's channel on its first local connection.
@@ -177,6 +195,10 @@ class RedisBroker:
                 )
 
     def _dispatch(self, message: Mapping[str, Any]) -> None:
+        if message["channel"] == _CONTROL_BYTES:
+            if self._on_control is not None:
+                self._on_control(message["data"])
+            return
         session_id = self._sessions.get(message["channel"])
         feed = self._feeds.get(session_id) if session_id is not None else None
         if session_id is None or feed is None:
@@ -239,8 +261,7 @@ class RedisBroker:
         async with pubsub as ps:
             self._pubsub = ps
             channels = [Keys(sid).channel for sid in self._refs]
-            if channels:
-                await ps.subscribe(*channels)
+            await ps.subscribe(CONTROL_CHANNEL, *channels)
             if self._missed:
                 self._resync()
             self.connected.set()

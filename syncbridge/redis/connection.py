@@ -84,6 +84,37 @@ class Keys:
         return f"session:{self.tag}:history"
 
     @property
+    def snapshots(self) -> str:
+        """Hash: restore point id -> its description JSON (HTTP API snapshots)."""
+        return f"session:{self.tag}:snapshots"
+
+    @property
+    def snapshot_states(self) -> str:
+        """Hash: restore point id -> the state it holds, as one JSON object."""
+        return f"session:{self.tag}:snapshot_states"
+
+    @property
+    def snapshot_ids(self) -> str:
+        """List of restore point ids, newest first (bounded)."""
+        return f"session:{self.tag}:snapshot_ids"
+
+    def revoked_device(self, device_id: str) -> str:
+        """String: the Unix second before which the device's tokens are refused."""
+        return f"session:{self.tag}:revoked:{device_id}"
+
+    @property
+    def versioned(self) -> list[str]:
+        """The keys that live and expire with the session's state (script KEYS order)."""
+        return [
+            self.state,
+            self.meta,
+            self.history,
+            self.snapshots,
+            self.snapshot_states,
+            self.snapshot_ids,
+        ]
+
+    @property
     def presence(self) -> str:
         """Sorted set of online connections, scored by expiry (ms)."""
         return f"session:{self.tag}:presence"

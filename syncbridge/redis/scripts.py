@@ -9,13 +9,23 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["APPLY", "CHANGES", "PRESENCE_JOIN", "PRESENCE_LEAVE", "PRESENCE_REAP", "SNAPSHOT"]
+__all__ = [
+    "APPLY",
+    "APPLY_MANY",
+    "CHANGES",
+    "PRESENCE_JOIN",
+    "PRESENCE_LEAVE",
+    "PRESENCE_REAP",
+    "SNAPSHOT",
+]
 
-#: KEYS: state, meta, history.
+#: KEYS: state, meta, history, snapshots, snapshot states, snapshot ids.
 #: ARGV: field, op (SET|DELETE), value JSON, now (s), ttl (ms), history size,
 #:       max bytes, max keys, channel, envelope tail JSON, origin header,
-#:       user_id, device_id, publish command (PUBLISH|SPUBLISH), history max bytes.
-#: Returns {"OK", version, created_at} or {error code, detail}.
+#:       user_id, device_id, publish command (PUBLISH|SPUBLISH), history max bytes,
+#:       base version ("" = last writer wins).
+#: Returns {"OK", version, created_at} or {error code, detail}
+#: (VERSION_CONFLICT's detail is the current version).
 #: The state size counts bytes exactly as the memory store does:
 #: len(key) + len(JSON value). The history is bounded like the memory store's:
 #: at most `history size` records and `history max bytes` bytes of them, oldest
@@ -25,6 +35,10 @@ local state, meta, history = KEYS[1], KEYS[2], KEYS[3]
 local field, op, value = ARGV[1], ARGV[2], ARGV[3]
 local now = ARGV[4]
 local ttl = tonumber(ARGV[5])
+if ARGV[16] ~= '' then
+  local current = tonumber(redis.call('HGET', meta, 'version') or '0')
+  if current ~= tonumber(ARGV[16]) then return {'VERSION_CONFLICT', current} end
+end
 local total = tonumber(redis.call('HGET', meta, 'bytes') or '0')
 local exists = redis.call('HEXISTS', state, field) == 1
 local old = 0
@@ -45,7 +59,8 @@ else
   value = 'null'
 end
 local version = redis.call('HINCRBY', meta, 'version', 1)
-redis.call('HSET', meta, 'bytes', total, 'updated_at', now)
+redis.call('HSET', meta, 'bytes', total, 'updated_at', now, 'updated_user', ARGV[12],
+  'updated_device', ARGV[13])
 redis.call('HSETNX', meta, 'created_at', now)
 local key_json = cjson.encode(field)
 local record = '{"version":' .. version .. ',"key":' .. key_json .. ',"value":' .. value ..
@@ -68,9 +83,7 @@ while kept > 0 and (kept > keep or hbytes > max_hbytes) do
   kept = kept - 1
 end
 redis.call('HSET', meta, 'history_bytes', hbytes)
-redis.call('PEXPIRE', state, ttl)
-redis.call('PEXPIRE', meta, ttl)
-redis.call('PEXPIRE', history, ttl)
+for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ttl) end
 local frame = '{"type":5,"timestamp":' .. now .. ',"payload":{"key":' .. key_json ..
   ',"value":' .. value .. ',"operation":"' .. op .. '","version":' .. version .. '}' .. ARGV[10]
 -- The routing header (ARGV[11], a JSON array and a newline) gains the version, so
@@ -79,10 +92,136 @@ redis.call(ARGV[14], ARGV[9], string.sub(ARGV[11], 1, -3) .. ',' .. version .. '
 return {'OK', version, redis.call('HGET', meta, 'created_at')}
 """
 
-#: KEYS: state, meta. Returns {flat field/value list, {version, created_at, updated_at}}.
+#: KEYS: state, meta, history, snapshots, snapshot states, snapshot ids.
+#: ARGV: now (s), ttl (ms), history size, max bytes, max keys, channel,
+#:       envelope tail JSON, origin header, user_id, device_id, publish command,
+#:       history max bytes, base version ("" = none), then per edit: field, op, value.
+#: One new version for every edit (distinct fields), all or none: limits are
+#: checked on the result before anything is written. One history record holds
+#: the edits ({"version", "changes": [...], ...}); one StateUpdate frame per edit
+#: is published, each carrying the new version, in the order given.
+#: Returns {"OK", version} or {error code, detail} like APPLY.
+APPLY_MANY: Final = """
+local state, meta, history = KEYS[1], KEYS[2], KEYS[3]
+local now, ttl = ARGV[1], tonumber(ARGV[2])
+local current = tonumber(redis.call('HGET', meta, 'version') or '0')
+if ARGV[13] ~= '' and current ~= tonumber(ARGV[13]) then
+  return {'VERSION_CONFLICT', current}
+end
+local total = tonumber(redis.call('HGET', meta, 'bytes') or '0')
+local keys_before = redis.call('HLEN', state)
+local keys = keys_before
+local n = (#ARGV - 13) / 3
+for i = 0, n - 1 do
+  local field, op, value = ARGV[14 + 3 * i], ARGV[15 + 3 * i], ARGV[16 + 3 * i]
+  if redis.call('HEXISTS', state, field) == 1 then
+    total = total - #field - redis.call('HSTRLEN', state, field)
+    keys = keys - 1
+  end
+  if op == 'SET' then
+    total = total + #field + #value
+    keys = keys + 1
+  end
+end
+if total > tonumber(ARGV[4]) then return {'STATE_TOO_LARGE', total} end
+if keys > tonumber(ARGV[5]) and keys > keys_before then return {'TOO_MANY_KEYS', keys} end
+local entries, frames = {}, {}
+local version = current + 1
+for i = 0, n - 1 do
+  local field, op, value = ARGV[14 + 3 * i], ARGV[15 + 3 * i], ARGV[16 + 3 * i]
+  if op == 'SET' then redis.call('HSET', state, field, value) else
+    redis.call('HDEL', state, field)
+  end
+  local body = '{"key":' .. cjson.encode(field) .. ',"value":' .. value ..
+    ',"operation":"' .. op .. '"'
+  entries[#entries + 1] = body .. '}'
+  frames[#frames + 1] = '{"type":5,"timestamp":' .. now .. ',"payload":' .. body ..
+    ',"version":' .. version .. '}' .. ARGV[7]
+end
+redis.call('HSET', meta, 'version', version, 'bytes', total, 'updated_at', now,
+  'updated_user', ARGV[9], 'updated_device', ARGV[10])
+redis.call('HSETNX', meta, 'created_at', now)
+local record = '{"version":' .. version .. ',"changes":[' .. table.concat(entries, ',') ..
+  '],"at":' .. now .. ',"user_id":' .. cjson.encode(ARGV[9]) ..
+  ',"device_id":' .. cjson.encode(ARGV[10]) .. '}'
+local hbytes = redis.call('HGET', meta, 'history_bytes')
+if not hbytes then
+  redis.call('UNLINK', history)
+  hbytes = 0
+end
+redis.call('RPUSH', history, record)
+hbytes = tonumber(hbytes) + #record
+local keep, max_hbytes = tonumber(ARGV[3]), tonumber(ARGV[12])
+local kept = redis.call('LLEN', history)
+while kept > 0 and (kept > keep or hbytes > max_hbytes) do
+  hbytes = hbytes - #redis.call('LPOP', history)
+  kept = kept - 1
+end
+redis.call('HSET', meta, 'history_bytes', hbytes)
+for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ttl) end
+for _, frame in ipairs(frames) do redis.call(ARGV[11], ARGV[6], ARGV[8] .. frame) end
+return {'OK', version}
+"""
+
+#: KEYS: state, meta, history, snapshots, snapshot states, snapshot ids.
+#: ARGV: id, label JSON, now (s), user JSON, device JSON, keep, ttl (ms).
+#: A labelled restore point of the state as it is, read and stored atomically;
+#: the oldest are dropped beyond `keep`; every key of the session gets the
+#: session's TTL (a restore point expires with its session). Returns the
+#: description JSON.
+SNAPSHOT_SAVE: Final = """
+local flat = redis.call('HGETALL', KEYS[1])
+local parts = {}
+for i = 1, #flat, 2 do parts[#parts + 1] = cjson.encode(flat[i]) .. ':' .. flat[i + 1] end
+local version = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
+local id = ARGV[1]
+local desc = '{"id":"' .. id .. '","version":' .. version .. ',"label":' .. ARGV[2] ..
+  ',"created_at":' .. ARGV[3] .. ',"created_by":{"user_id":' .. ARGV[4] ..
+  ',"device_id":' .. ARGV[5] .. '}}'
+redis.call('HSET', KEYS[4], id, desc)
+redis.call('HSET', KEYS[5], id, '{' .. table.concat(parts, ',') .. '}')
+redis.call('LPUSH', KEYS[6], id)
+while redis.call('LLEN', KEYS[6]) > tonumber(ARGV[6]) do
+  local old = redis.call('RPOP', KEYS[6])
+  redis.call('HDEL', KEYS[4], old)
+  redis.call('HDEL', KEYS[5], old)
+end
+for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ARGV[7]) end
+return desc
+"""
+
+#: KEYS: snapshots, snapshot ids. Returns the descriptions, newest first.
+SNAPSHOT_LIST: Final = """
+local ids = redis.call('LRANGE', KEYS[2], 0, -1)
+if #ids == 0 then return {} end
+return redis.call('HMGET', KEYS[1], unpack(ids))
+"""
+
+#: KEYS: the session's versioned keys (state, meta, history, snapshots, snapshot
+#: states, snapshot ids). Returns the session's version before (0: nothing was there).
+DELETE_SESSION: Final = """
+local version = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
+redis.call('UNLINK', unpack(KEYS))
+return version
+"""
+
+#: KEYS: ticket. ARGV: claiming user id.
+#: Returns {"OK", record} (the ticket is gone from then on), {"OTHER_USER"} (left in
+#: place) or {"GONE"} (claimed before, expired or unknown).
+CLAIM_TICKET: Final = """
+local record = redis.call('GET', KEYS[1])
+if not record then return {'GONE'} end
+if cjson.decode(record)['user_id'] ~= ARGV[1] then return {'OTHER_USER'} end
+redis.call('DEL', KEYS[1])
+return {'OK', record}
+"""
+
+#: KEYS: state, meta. Returns {flat field/value list,
+#: {version, created_at, updated_at, updated_user, updated_device}}.
 SNAPSHOT: Final = """
 return {redis.call('HGETALL', KEYS[1]),
-        redis.call('HMGET', KEYS[2], 'version', 'created_at', 'updated_at')}
+        redis.call('HMGET', KEYS[2], 'version', 'created_at', 'updated_at', 'updated_user',
+                   'updated_device')}
 """
 
 #: KEYS: meta, history. ARGV: since (version), max replay bytes.

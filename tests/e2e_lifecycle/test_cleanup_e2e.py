@@ -64,7 +64,7 @@ async def assert_forgotten(app: SyncBridgeApp, baseline: int) -> None:
     assert app.hub.session_count == 0
     assert app.hub.subscriber_count == 0
     assert app.presence.session_count == 0
-    assert app.service._locks == {}
+    assert app.service.locks._locks == {}
 
 
 @asynccontextmanager

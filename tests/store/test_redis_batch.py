@@ -11,6 +11,7 @@ from __future__ import annotations
 import trio
 
 from syncbridge.protocol.messages import Operation
+from syncbridge.redis.batch import ScriptBatcher
 
 from .conftest import WAIT, Bench
 
@@ -60,17 +61,18 @@ async def test_redis_batched_applies_keep_order_and_ack_after_durable(redis_benc
     assert batches < calls / 2  # they went out together, not one round trip each
 
 
-async def test_redis_batched_apply_cancelled_before_sending_never_runs(
+async def test_redis_batched_call_cancelled_before_sending_is_taken_back(
     redis_bench: Bench,
 ) -> None:
-    store = redis_bench.store
-    batcher = store._batcher
-    assert batcher is not None
-    with trio.CancelScope() as scope:
-        scope.cancel()  # cancelled before the batcher task could take it
-        await store.apply("cancelled", "k", 1, Operation.SET)
-    assert not batcher._pending
-    with trio.fail_after(WAIT):
-        change = await store.apply("cancelled", "other", 2, Operation.SET)
-    assert change.version == 1  # the cancelled one was never applied
-    assert (await store.snapshot("cancelled")).state == {"other": 2}
+    # A batcher whose sender is not running: every call waits in the queue.
+    batcher = ScriptBatcher(redis_bench.store._client, "return 1", what="test", timeout=WAIT)
+    with trio.move_on_after(0.05) as scope:
+        await batcher.call(["k"], [])
+    assert scope.cancelled_caught
+    assert batcher._pending == []  # taken back: it will never be sent
+    # Once sent, a call cannot be taken back; it runs (its caller resyncs by version).
+    async with trio.open_nursery() as nursery:
+        await nursery.start(batcher.run)
+        with trio.fail_after(WAIT):
+            assert await batcher.call(["k"], []) == 1
+        nursery.cancel_scope.cancel()

@@ -38,7 +38,15 @@ async def test_redis_store_layout_is_readable_with_redis_cli(redis_bench: Bench)
     assert state == {"title": '"Plan"', "cursor": '{"x":1,"y":[2,3.5]}'}
     flat = await cli_lines(redis_bench, "HGETALL", "session:{room-1}:meta")
     meta = dict(zip(flat[::2], flat[1::2], strict=True))
-    assert set(meta) == {"version", "created_at", "updated_at", "bytes", "history_bytes"}
+    assert set(meta) == {
+        "version",
+        "created_at",
+        "updated_at",
+        "updated_user",
+        "updated_device",
+        "bytes",
+        "history_bytes",
+    }
     assert meta["version"] == "4"
     assert int(meta["bytes"]) == len("title") + len('"Plan"') + len("cursor") + len(
         '{"x":1,"y":[2,3.5]}'
