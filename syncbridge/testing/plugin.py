@@ -23,6 +23,7 @@ Override any of them in a ``conftest.py`` (same name) or parametrize them
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +32,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from syncbridge.client import Client, SyncClient, open_client, open_sync_client
 from syncbridge.settings import Settings
@@ -39,7 +41,9 @@ from syncbridge.testing.tokens import TokenMinter
 
 __all__ = [
     "REDIS_URL_ENV",
+    "MockClockWithRedis",
     "ServerFactory",
+    "check_clock",
     "syncbridge_client",
     "syncbridge_redis_url",
     "syncbridge_secret",
@@ -58,6 +62,29 @@ _INI = "syncbridge_redis_url"
 
 #: ``await factory(**overrides)`` or ``await factory(settings=...)``.
 ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+class MockClockWithRedis(RuntimeError):
+    """A Redis-backed server was asked for under trio's autojumping mock clock."""
+
+
+def check_clock(settings: Settings) -> None:
+    """Refuse a Redis store under an autojumping clock, with the reason.
+
+    ``autojump_clock`` jumps to the next deadline whenever every task of this
+    process waits. Loopback traffic between in-process tasks is delivered within
+    the sending call, so the memory-store server works; a reply from another
+    process (redis-server) is not, so the clock would jump past STORE_TIMEOUT
+    while Redis is still answering and every store call would fail at random.
+    """
+    clock = trio.lowlevel.current_clock()
+    autojumps = isinstance(clock, trio.testing.MockClock) and clock.autojump_threshold != math.inf
+    if autojumps and (settings.redis_url or settings.redis_addr):
+        raise MockClockWithRedis(
+            "syncbridge: a Redis-backed server cannot run under autojump_clock (the clock "
+            "jumps past STORE_TIMEOUT while redis-server, another process, answers); use "
+            "the memory store (no --syncbridge-redis-url) for mock-clock tests"
+        )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -110,6 +137,7 @@ async def syncbridge_server(
     nursery: trio.Nursery, syncbridge_settings: Settings
 ) -> AsyncIterator[RunningServer]:
     """A server on a free 127.0.0.1 port in the fixture's nursery; drained at teardown."""
+    check_clock(syncbridge_settings)
     running = await start_server(nursery, syncbridge_settings)
     yield running
     await running.aclose()
@@ -126,6 +154,7 @@ async def syncbridge_server_factory(
 
     async def factory(*, settings: Settings | None = None, **overrides: Any) -> RunningServer:
         chosen = settings or attrs.evolve(syncbridge_settings, **overrides)
+        check_clock(chosen)
         running = await start_server(nursery, chosen)
         started.append(running)
         return running
