@@ -10,6 +10,8 @@ from pathlib import Path
 
 import trio
 
+from syncbridge.testing import plugin
+
 from ..redis_harness import RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,3 +60,16 @@ async def test_testing_package_imports_without_pytest() -> None:
             [sys.executable, "-c", code], capture_stderr=True, check=False
         )
     assert result.returncode == 0, result.stderr.decode()
+
+
+def test_example_is_shown_verbatim_in_the_docs() -> None:
+    docs = (ROOT / "docs" / "testing.md").read_text()
+    assert "```python\n" + EXAMPLE.read_text() + "```" in docs
+
+
+def test_every_plugin_fixture_is_documented() -> None:
+    docs = (ROOT / "docs" / "testing.md").read_text()
+    fixtures = [name for name in plugin.__all__ if name.startswith("syncbridge_")]
+    assert len(fixtures) == 10
+    missing = [name for name in fixtures if f"| `{name}`" not in docs]
+    assert not missing
