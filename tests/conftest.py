@@ -1,59 +1,37 @@
-"""Shared fixtures: a real SyncBridge server under hypercorn on 127.0.0.1:0, and tokens."""
+"""Shared fixtures: the servers and tokens come from SyncBridge's own pytest plugin
+(``syncbridge.testing``); the names the suite has always used are kept here."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import attrs
 import pytest
 import trio
 
-from syncbridge.app import SyncBridgeApp
-from syncbridge.auth import TokenAuthority
-from syncbridge.server import ServerInfo, serve
-from syncbridge.settings import Settings, load_settings
+from syncbridge.settings import Settings
+from syncbridge.testing import RunningServer, TokenMinter, server_settings
+from syncbridge.testing import start_server as _start_server
+from syncbridge.testing.plugin import ServerFactory
 
 from .redis_harness import redis_cluster, redis_server
 
-__all__ = ["redis_cluster", "redis_server"]  # fixtures, for pytest
+__all__ = [
+    "SECRET",
+    "RunningServer",
+    "make_settings",
+    "mint",
+    "redis_cluster",  # fixture, for pytest
+    "redis_server",  # fixture, for pytest
+    "start_server",
+]
 
+#: The suite's one secret: server processes the tests spawn get it in JWT_SECRET.
 SECRET = "test-secret-that-is-at-least-32-bytes-long"
 
 
 def make_settings(**overrides: Any) -> Settings:
-    """Test settings: loopback, a known secret, short deadlines unless overridden."""
-    base = load_settings(environ={}, overrides={"addr": "127.0.0.1:0"})
-    values: dict[str, Any] = {
-        "jwt_secret": SECRET,
-        "secret_is_ephemeral": False,
-        "shutdown_timeout": 5.0,
-    }
-    values.update(overrides)
-    return attrs.evolve(base, **values)
-
-
-@attrs.define
-class RunningServer:
-    """A server started by a test, with what tests need to reach and inspect it."""
-
-    app: SyncBridgeApp
-    info: ServerInfo
-    stop: trio.Event
-    #: Set once ``serve`` has returned (after the drain).
-    stopped: trio.Event = attrs.Factory(trio.Event)
-
-    @property
-    def url(self) -> str:
-        return self.info.ws_url
-
-    @property
-    def http(self) -> str:
-        return self.info.http_url
-
-    def token(self, user: str = "u1", device: str = "d1", session: str = "s1", **kw: Any) -> str:
-        return mint(user=user, device=device, session=session, **kw)
+    """Test settings: loopback, ``SECRET``, short deadlines unless overridden."""
+    return server_settings(secret=SECRET, **overrides)
 
 
 def mint(
@@ -66,47 +44,33 @@ def mint(
     secret: str = SECRET,
     now: float | None = None,
 ) -> str:
-    token, _ = TokenAuthority(secret).mint(
-        user_id=user,
-        device_id=device,
-        session_id=session,
-        ttl=ttl,
-        roles=roles,
-        now=time.time() if now is None else now,
+    """A token signed with ``secret`` (the suite's ``SECRET`` by default)."""
+    return TokenMinter(secret=secret).token(
+        user=user, device=device, session=session, ttl=ttl, roles=roles, now=now
     )
-    return token
 
 
 async def start_server(
     nursery: trio.Nursery, settings: Settings | None = None, **app_kw: Any
 ) -> RunningServer:
-    """Start a server in ``nursery``; it stops (drains) when ``.stop`` is set."""
-    app = SyncBridgeApp(settings or make_settings(), **app_kw)
-    stop = trio.Event()
-    stopped = trio.Event()
-
-    async def run(task_status: trio.TaskStatus[ServerInfo]) -> None:
-        try:
-            await serve(app, shutdown_trigger=stop.wait, task_status=task_status)
-        finally:
-            stopped.set()
-
-    info: ServerInfo = await nursery.start(run)
-    return RunningServer(app=app, info=info, stop=stop, stopped=stopped)
+    """Start a server in ``nursery`` (``make_settings()`` by default); stop it with
+    ``aclose()`` or by setting ``.stop``."""
+    return await _start_server(nursery, settings or make_settings(), **app_kw)
 
 
 @pytest.fixture
-async def server(nursery: trio.Nursery) -> AsyncIterator[RunningServer]:
-    running = await start_server(nursery)
-    yield running
-    running.stop.set()
+def syncbridge_secret() -> str:
+    """The plugin's servers use the suite's ``SECRET``, so ``mint()`` tokens work on them."""
+    return SECRET
 
 
 @pytest.fixture
-def server_factory(nursery: trio.Nursery) -> Callable[..., Any]:
+def server(syncbridge_server: RunningServer) -> RunningServer:
+    """The plugin's ``syncbridge_server`` (memory store, ``SECRET``), drained at teardown."""
+    return syncbridge_server
+
+
+@pytest.fixture
+def server_factory(syncbridge_server_factory: ServerFactory) -> ServerFactory:
     """Start a server with custom settings: ``await server_factory(outbox_size=2)``."""
-
-    async def factory(**overrides: Any) -> RunningServer:
-        return await start_server(nursery, make_settings(**overrides))
-
-    return factory
+    return syncbridge_server_factory
