@@ -4,9 +4,11 @@ coredis spends ~110-210 µs of CPU per command (pool checkout, request objects,
 parsing) and next to nothing per extra command in a pipeline (~14 µs each,
 docs/performance.md §11). So the store does not send each update's script on
 its own: callers queue their call, and one task sends everything queued as one
-pipeline, then the next batch while that one is in flight accumulates. Under
-light load a batch is one call (no added wait: the task is woken at once);
-under heavy load the cost per update falls by an order of magnitude.
+pipeline, then the next batch while that one is in flight accumulates, and at
+most one pipeline goes out per millisecond (PACE). Under light load a batch is
+one call (no added wait: a sender idle for longer sends at once); under steady
+load the calls of a millisecond share one pipeline and the cost per update falls
+by an order of magnitude.
 
 The guarantees do not change: each caller gets its own script's reply (acked
 only once Redis ran it); scripts of one session keep their order (the service
@@ -35,6 +37,11 @@ log = logging.getLogger(__name__)
 
 #: Most scripts in one pipeline (bounds one reply's size and a batch's latency).
 MAX_BATCH: Final = 256
+#: At most one pipeline per this many seconds: a pipeline costs the client ~200 µs of
+#: CPU however small, so under steady load the calls of a millisecond share one. A
+#: call that finds the sender idle for longer goes out at once (no added latency
+#: when the load is light).
+PACE: Final = 0.001
 
 
 @attrs.define(eq=False)
@@ -49,9 +56,13 @@ class _Call:
 class ScriptBatcher:
     """One Lua script, called by many tasks, sent in pipelines by :meth:`run`."""
 
-    def __init__(self, client: RedisClient, script: str, *, what: str, timeout: float) -> None:
+    def __init__(
+        self, client: RedisClient, script: str, *, what: str, timeout: float, pace: float = PACE
+    ) -> None:
         self._client = client
         self._timeout = timeout
+        self._pace = pace
+        self._last_sent = -pace
         self._script = client.register_script(script)
         self._what = what
         self._pending: list[_Call] = []
@@ -84,6 +95,11 @@ class ScriptBatcher:
             if not self._pending:
                 self._wake = trio.Event()
                 await self._wake.wait()
+            # Paced: what arrives within PACE of the previous pipeline joins the next.
+            next_send = self._last_sent + self._pace
+            if trio.current_time() < next_send and len(self._pending) < MAX_BATCH:
+                await trio.sleep_until(next_send)
+            self._last_sent = trio.current_time()
             batch = self._pending[:MAX_BATCH]
             del self._pending[:MAX_BATCH]
             try:
