@@ -57,6 +57,7 @@ class RedisBackend:
             max_devices_per_session=settings.max_devices_per_session,
             session_ttl=settings.session_ttl,
             timeout=settings.store_timeout,
+            batch=not settings.redis_cluster,
         )
         self._target = target
 

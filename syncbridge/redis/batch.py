@@ -69,6 +69,8 @@ class ScriptBatcher:
         self._wake = trio.Event()
         self.batches = 0  # pipelines sent (tests and /debug)
         self.calls = 0
+        #: True while :meth:`run` sends; callers without it call the script directly.
+        self.running = False
 
     async def call(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Queue one script call and wait for its reply (the caller bounds the wait).
@@ -90,7 +92,14 @@ class ScriptBatcher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send queued calls as pipelines, one at a time, until cancelled."""
+        self.running = True
         task_status.started()
+        try:
+            await self._run()
+        finally:
+            self.running = False
+
+    async def _run(self) -> None:
         while True:
             if not self._pending:
                 self._wake = trio.Event()

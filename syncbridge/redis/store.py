@@ -131,7 +131,7 @@ class RedisStore:
             "update",
             self._timeout,
             (lambda: batcher.call(apply_keys, apply_args))
-            if batcher is not None
+            if batcher is not None and batcher.running
             else (lambda: self._apply(keys=apply_keys, args=apply_args)),
         )
         self._check(reply, base_version)
