@@ -47,6 +47,30 @@ _ABNORMAL = 1006
 class Connection:
     """An accepted WebSocket and everything it owns."""
 
+    # Slots: one of these lives as long as each idle socket (no per-instance dict).
+    __slots__ = (
+        "_authorized_until",
+        "_bucket",
+        "_left",
+        "_metrics",
+        "_opened_at",
+        "_refusals",
+        "_scope",
+        "_service",
+        "_settings",
+        "_timer",
+        "_transport",
+        "claims",
+        "client",
+        "close_code",
+        "close_reason",
+        "device_name",
+        "device_type",
+        "key",
+        "outbox",
+        "peer_close_code",
+    )
+
     def __init__(
         self,
         *,
@@ -69,7 +93,7 @@ class Connection:
         self._settings = settings
         self._transport = transport
         self._bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
-        self._refusals: list[float] = []
+        self._refusals: list[float] | None = None  # times of refused messages, when any
         self._opened_at = trio.current_time()
         self._authorized_until: float | None = None  # Unix seconds
         self._scope = trio.CancelScope()
@@ -81,12 +105,14 @@ class Connection:
             max_bytes=settings.outbox_bytes,
             # The hub also uses this close when events may have been missed
             # (Redis pub/sub reconnect, feed overflow): either way, resync.
-            on_slow=lambda: self.close(
-                CloseCode.SLOW_CONSUMER,
-                "behind (slow consumer or missed events): resync by version",
-            ),
+            on_slow=self._close_slow,
             on_sent=self._metrics.count_sent,
             label=f"connection {key}",
+        )
+
+    def _close_slow(self) -> None:
+        self.close(
+            CloseCode.SLOW_CONSUMER, "behind (slow consumer or missed events): resync by version"
         )
 
     @property
@@ -269,6 +295,8 @@ class Connection:
         at a time never makes a long run of refusals, yet is refused almost always.
         """
         refusals = self._refusals
+        if refusals is None:
+            refusals = self._refusals = []
         refusals.append(now)
         window_start = now - self._settings.flood_window
         while refusals and refusals[0] < window_start:

@@ -20,6 +20,8 @@ __all__ = ["SocketOutbox"]
 class SocketOutbox:
     """The bounded outbox of one connection, on its :class:`Transport`."""
 
+    __slots__ = ("_max_bytes", "_max_frames", "_on_sent", "_on_slow", "_transport", "label")
+
     def __init__(
         self,
         transport: Transport,

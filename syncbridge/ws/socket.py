@@ -41,6 +41,29 @@ _WRITE_BATCH_BYTES: Final = 256 * 1024
 class WebSocket:
     """An open WebSocket after its handshake; see the module docstring."""
 
+    # Slots: one of these lives as long as each idle socket (no per-instance dict).
+    __slots__ = (
+        "_broken",
+        "_eof_pending",
+        "_events",
+        "_fragment_text",
+        "_fragments",
+        "_ping_counter",
+        "_ping_sent_at",
+        "_protocol",
+        "_queue",
+        "_released",
+        "_room",
+        "_sock",
+        "_wake_writer",
+        "last_activity",
+        "latency",
+        "peer",
+        "peer_close_code",
+        "peer_close_reason",
+        "queued_bytes",
+    )
+
     def __init__(self, sock: socket.socket, protocol: ServerProtocol, *, peer: str) -> None:
         self.peer = peer
         self._sock = sock
