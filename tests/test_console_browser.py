@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 import trio
 
-from syncbridge.client import open_client
+from syncbridge.client import AuthFailed, open_client
 from syncbridge.errors import CloseCode
 from syncbridge.protocol.messages import MessageType
 
@@ -212,7 +212,7 @@ async def test_console_kick_closes_the_device_and_it_disappears(
         sign_in(page, server.http, admin_token())
         open_session(page, "s1")
         expect(page.locator("#devices tbody tr")).to_have_count(2)
-        device_rows(page, "phone").locator("button").click()
+        device_rows(page, "phone").get_by_role("button", name="Kick").click()
         expect(page.locator("#confirm-text")).to_contain_text("Kick device phone of session s1")
         page.click("#confirm-ok")
 
@@ -233,6 +233,43 @@ async def test_console_kick_closes_the_device_and_it_disappears(
             assert closed.code == CloseCode.KICKED
             await browser.run(phone_gone)
             await laptop.heartbeat()
+
+
+async def test_console_revoke_refuses_the_devices_tokens_and_closes_it_4402(
+    server: RunningServer, browser: Browser, page: Any
+) -> None:
+    phone_token = server.token(device="phone")
+
+    def revoke_phone() -> None:
+        sign_in(page, server.http, admin_token())
+        open_session(page, "s1")
+        expect(page.locator("#devices tbody tr")).to_have_count(2)
+        device_rows(page, "phone").get_by_role("button", name="Revoke").click()
+        expect(page.locator("#confirm-text")).to_contain_text(
+            "Revoke every token of device phone of session s1"
+        )
+        page.click("#confirm-ok")
+
+    def phone_gone() -> None:
+        expect(device_rows(page, "phone")).to_have_count(0)
+        expect(page.locator("#session-closes")).to_contain_text("device phone: 4402 token revoked")
+        expect(page.locator("#action-output")).to_contain_text('"revoked":true')
+
+    with trio.fail_after(BOUND):
+        async with (
+            open_client(server.url, token=server.token(device="laptop")) as laptop,
+            open_client(server.url, token=phone_token) as phone,
+        ):
+            await browser.run(revoke_phone)
+            closed = await phone.wait_closed()
+            assert closed.code == CloseCode.TOKEN_REVOKED
+            await browser.run(phone_gone)
+            await laptop.heartbeat()
+        # The revoked token no longer authenticates; the laptop's still does.
+        async with open_client(server.url) as again:
+            with pytest.raises(AuthFailed, match="revoked"):
+                await again.authenticate(phone_token)
+            await again.authenticate(server.token(device="laptop"))
 
 
 async def test_console_renders_markup_in_state_and_ids_as_text(
@@ -276,8 +313,6 @@ async def test_console_actions_confirm_and_show_a_task_dump(
         page.click("#dump-tasks")
         page.click("#confirm-ok")
         expect(page.locator("#action-output")).to_contain_text("tasks")
-        expect(page.locator("#revoke")).to_be_disabled()
-        expect(page.locator("#revoke-note")).to_contain_text("HTTP API")
 
     with trio.fail_after(BOUND):
         await browser.run(dump)

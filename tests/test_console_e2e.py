@@ -86,6 +86,7 @@ async def test_console_feeds_and_actions_refuse_missing_and_device_tokens(
         ("GET", "/console/api/overview"),
         ("GET", "/console/api/session?session_id=s1"),
         ("POST", "/admin/kick?session_id=s1&device_id=phone"),
+        ("POST", "/admin/revoke?session_id=s1&device_id=phone"),
         ("GET", "/debug/tasks"),
         ("GET", "/debug/profile?seconds=0.1"),
     ]
@@ -101,6 +102,7 @@ async def test_console_feeds_and_actions_refuse_missing_and_device_tokens(
         for method, path in routes[2:]:
             assert (await request(server.http, path, metrics_token(), method=method)).status == 403
         assert (await request(server.http, "/admin/kick", admin_token())).status == 405
+        assert (await request(server.http, "/admin/revoke", admin_token())).status == 405
         assert (await request(server.http, "/console", method="POST")).status == 405
         head = await request(server.http, "/console/api/overview", admin_token(), method="HEAD")
         assert head.status == 405
@@ -177,6 +179,23 @@ async def test_console_session_feed_streams_state_changes_devices_and_kicks(
         and "1 connection(s) closed" in r.message
         for r in caplog.records
     )
+
+
+async def test_console_revoke_is_audited_and_needs_its_target(
+    server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="syncbridge.audit")
+    with trio.fail_after(BOUND):
+        bad = await request(server.http, "/admin/revoke?device_id=x", admin_token(), method="POST")
+        done = await request(
+            server.http, "/admin/revoke?session_id=s1&device_id=gone", admin_token(), method="POST"
+        )
+    assert bad.status == 400
+    assert done.status == 200
+    assert done.json()["revoked"] is True
+    assert done.json()["close_code"] == 4402
+    actions = [r.message for r in caplog.records if r.name == "syncbridge.audit"]
+    assert any("action=revoke" in m and "device='gone'" in m for m in actions)
 
 
 async def test_console_kick_of_an_unknown_device_is_404_and_audited(

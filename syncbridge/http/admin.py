@@ -23,7 +23,8 @@ import trio
 from pyinstrument import Profiler
 
 from syncbridge.auth import ADMIN_ROLE, METRICS_ROLE, Claims, TokenAuthority
-from syncbridge.errors import AuthenticationError, CloseCode
+from syncbridge.control import CloseOrder
+from syncbridge.errors import AuthenticationError, CloseCode, StoreUnavailable
 from syncbridge.http.health import health_details
 from syncbridge.http.response import send_json, send_text
 from syncbridge.metrics import CONTENT_TYPE, Metrics
@@ -32,6 +33,9 @@ from syncbridge.refusals import RefusalLog
 __all__ = ["ADMIN_PATHS", "HEALTH_DETAILS_PATH", "AdminRoutes", "audit", "is_admin_path"]
 
 audit_log = logging.getLogger("syncbridge.audit")
+
+#: Operator routes that change something (POST only, each audited).
+_ACTIONS: Final = frozenset({"/admin/kick", "/admin/revoke"})
 
 HEALTH_DETAILS_PATH: Final = "/health/details"
 ADMIN_PATHS: Final = ("/metrics", HEALTH_DETAILS_PATH, "/debug/", "/admin/")
@@ -145,14 +149,15 @@ class AdminRoutes:
             "/admin/sessions": ((ADMIN_ROLE,), self._sessions),
             "/admin/connections": ((ADMIN_ROLE,), self._connections),
             "/admin/kick": ((ADMIN_ROLE,), self._kick),
+            "/admin/revoke": ((ADMIN_ROLE,), self._revoke),
         }
         route = routes.get(path)
         if route is None:
             await send_json(send, 404, {"error": f"no route for {path}"})
             return
-        # The one action changes something: POST only, so that a link or a
-        # prefetch never kicks anyone. Everything else reads: GET.
-        allowed = ("POST",) if path == "/admin/kick" else ("GET", "HEAD")
+        # The actions change something: POST only, so that a link or a prefetch
+        # never kicks or revokes anyone. Everything else reads: GET.
+        allowed = ("POST",) if path in _ACTIONS else ("GET", "HEAD")
         if scope["method"] not in allowed:
             await send_json(
                 send,
@@ -269,6 +274,43 @@ class AdminRoutes:
             await send_json(send, 404, {"error": "no connection of that device here"})
             return
         await send_json(send, 200, {"closed": len(kicked), "close_code": int(CloseCode.KICKED)})
+
+    async def _revoke(self, scope: Scope, send: Send, claims: Claims) -> None:
+        """Refuse every token of one device issued until now (on every process, until
+        REVOCATION_RETENTION), and close its sockets with 4402: the HTTP API's device
+        revocation, for an operator."""
+        query = _query(scope)
+        session_id, device_id = query.get("session_id", ""), query.get("device_id", "")
+        if not session_id or not device_id:
+            await send_json(send, 400, {"error": "session_id and device_id are required"})
+            return
+        target = f"session={session_id!r} device={device_id!r}"
+        service = self._app.service
+        now = service.now()
+        until = now + int(self._app.settings.revocation_retention)
+        try:
+            await service.store.revoke(
+                until=until, session_id=session_id, device_id=device_id, issued_before=now
+            )
+            await service.close_everywhere(
+                CloseOrder(
+                    code=CloseCode.TOKEN_REVOKED,
+                    reason="token revoked",
+                    session_id=session_id,
+                    device_id=device_id,
+                    issued_before=now,
+                )
+            )
+        except StoreUnavailable as exc:
+            audit(claims, "revoke", target, f"failed: {exc.message}")
+            await send_json(send, 503, {"error": exc.message})
+            return
+        audit(claims, "revoke", target, f"tokens issued until {now} refused until {until}")
+        await send_json(
+            send,
+            200,
+            {"revoked": True, "until": until, "close_code": int(CloseCode.TOKEN_REVOKED)},
+        )
 
 
 def _query(scope: Scope) -> dict[str, str]:

@@ -53,7 +53,7 @@ function ago(unixSeconds) {
   return s < 90 ? `${s} s ago` : `${Math.round(s / 60)} min ago`;
 }
 
-const CLOSE_NAMES = { 4000: "slow consumer", 4403: "kicked", 4429: "rate limit" };
+const CLOSE_NAMES = { 4000: "slow consumer", 4402: "token revoked", 4403: "kicked", 4429: "rate limit" };
 
 function closeText(code) {
   if (code === null || code === undefined) return "closed by the client";
@@ -305,9 +305,16 @@ function onDevices(sessionId, data) {
       kick.type = "button";
       kick.dataset.device = d.device_id;
       kick.addEventListener("click", () => kickDevice(sessionId, d.device_id));
+      const revoke = el("button", "Revoke", "danger");
+      revoke.type = "button";
+      revoke.dataset.device = d.device_id;
+      revoke.dataset.action = "revoke";
+      revoke.addEventListener("click", () => revokeDevice(sessionId, d.device_id));
+      const buttons = el("span");
+      buttons.append(kick, " ", revoke);
       const idle = d.connections.map((c) => `#${c.connection} idle ${c.idle_seconds} s`).join(", ");
       const kind = [d.device_type, d.device_name].filter(Boolean).join(" / ");
-      const tr = row([d.device_id, d.user_id, kind || null, ago(d.last_seen), idle || "(other process)", kick]);
+      const tr = row([d.device_id, d.user_id, kind || null, ago(d.last_seen), idle || "(other process)", buttons]);
       tr.dataset.device = d.device_id;
       return tr;
     }),
@@ -350,6 +357,15 @@ function kickDevice(sessionId, deviceId) {
   return act(`Kick device ${deviceId} of session ${sessionId} (close 4403)?`, `/admin/kick?${query}`, {
     method: "POST",
   });
+}
+
+function revokeDevice(sessionId, deviceId) {
+  const query = `session_id=${encodeURIComponent(sessionId)}&device_id=${encodeURIComponent(deviceId)}`;
+  return act(
+    `Revoke every token of device ${deviceId} of session ${sessionId} issued until now, and close its sockets (4402)?`,
+    `/admin/revoke?${query}`,
+    { method: "POST" },
+  );
 }
 
 // --- wiring ------------------------------------------------------------------------
