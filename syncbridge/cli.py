@@ -13,6 +13,7 @@ import logging
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -27,7 +28,7 @@ from syncbridge.auth import TokenAuthority
 from syncbridge.bind import bind_listener, probe_admin_addr
 from syncbridge.errors import ConfigError
 from syncbridge.logs import configure_logging
-from syncbridge.server import ServerInfo, serve
+from syncbridge.server import ServerInfo, serve, signal_trigger
 from syncbridge.settings import (
     Settings,
     format_duration,
@@ -44,6 +45,10 @@ from syncbridge.tools.secret import signing_secret
 __all__ = ["main"]
 
 log = logging.getLogger("syncbridge")
+
+# Set by a SIGTERM that reaches a supervised worker outside serve()'s signal receiver
+# (while it starts, or after it has drained): remembered rather than fatal.
+_EARLY_STOP = threading.Event()
 
 _COMMANDS = ("serve", "token", "check", "client")
 
@@ -223,8 +228,17 @@ async def _run_server(
         settings = _worker_settings(settings, worker[0])
         listener = socket.socket(fileno=worker[1])
     app = SyncBridgeApp(settings)
-    async with trio.open_nursery() as nursery:
-        info: ServerInfo = await nursery.start(partial(serve, app, listener=listener))
+    async with signal_trigger() as first_signal, trio.open_nursery() as nursery:
+
+        async def stop_requested() -> None:
+            # A worker told to stop while it was still starting (before the signal
+            # receiver above existed) stops as soon as it serves.
+            if not _EARLY_STOP.is_set():
+                await first_signal()
+
+        info: ServerInfo = await nursery.start(
+            partial(serve, app, listener=listener, shutdown_trigger=stop_requested)
+        )
         _tune_gc(settings)
         if worker is None:
             port = int(info.http_url.rsplit(":", 1)[1])
@@ -272,9 +286,11 @@ def _serve(args: argparse.Namespace) -> int:
     if worker is not None:
         # A worker's SIGTERM may come twice (from its supervisor and from
         # systemd or `timeout` to the whole group). While it serves, the signal
-        # receiver absorbs repeats; outside that window SIGTERM is ignored, and
-        # the supervisor stops a worker that does not exit with SIGKILL.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # receiver absorbs repeats; outside that window SIGTERM is remembered, not
+        # fatal: one that came while the worker was starting stops it as soon as
+        # it serves (it used to be ignored, and the worker served on until the
+        # supervisor's SIGKILL).
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: _EARLY_STOP.set())
         follow_supervisor()
     try:
         with _shared_tryout_secret(settings, listener):

@@ -41,3 +41,6 @@ def configure_logging(level: str, fmt: str) -> None:
     # coredis reports its first EVALSHA of each script (NOSCRIPT, then loaded)
     # as a retry at INFO; only its warnings concern operators.
     logging.getLogger("coredis").setLevel(max(root.level, logging.WARNING))
+    # websockets' protocol logs "connection open/closed" at INFO for every socket;
+    # our own connection lines (with the close code and who closed) say more.
+    logging.getLogger("websockets").setLevel(max(root.level, logging.WARNING))
