@@ -87,6 +87,9 @@ async def open_websocket(
     if accepted and head.endswith(b"\r\n\r\n") and head.count(b"\r\n\r\n") == 1:
         _forget_request(protocol)
     websocket = WebSocket(sock, protocol, peer=peer)
+    # Frames that came in the same read as the head (a client that did not wait
+    # for the 101) were parsed already: they are the socket's first messages.
+    websocket.queue_events(events[1:])
     websocket.flush_protocol()  # the response (and, when refused, end of stream)
     await websocket.wait_flushed()
     if not accepted or request is None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Sequence
 from typing import Final
 
 import trio
@@ -88,6 +89,10 @@ class WebSocket:
         #: Set once the peer's close frame arrived: its code (1005 when it gave none).
         self.peer_close_code: int | None = None
         self.peer_close_reason = ""
+
+    def queue_events(self, events: Sequence[object]) -> None:
+        """Events the protocol parsed before this object existed (during the handshake)."""
+        self._events.extend(events)
 
     # -- state ------------------------------------------------------------------
 

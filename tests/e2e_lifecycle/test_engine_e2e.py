@@ -250,3 +250,34 @@ async def test_engine_refused_origin_answered_403_with_body(
         assert (status, orjson.loads(body)) == (403, {"error": "origin not allowed"})
         async with open_raw_client(server.url, origin="https://app.example") as client:
             await auth(client, server.token())
+
+
+async def test_engine_frame_sent_with_the_handshake_is_not_lost(server: RunningServer) -> None:
+    # RFC 6455 asks clients to wait for the 101, but a frame may arrive in the same
+    # segment as the handshake: it is read from the same buffer, in order.
+    import base64
+    import os
+
+    from websockets.frames import Frame, Opcode
+
+    auth = orjson.dumps(
+        {"type": 7, "payload": {"token": server.token()}, "correlation_id": "early"}
+    )
+    frame = Frame(Opcode.TEXT, auth).serialize(mask=True)
+    key = base64.b64encode(os.urandom(16))
+    head = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    host, port = server.http.removeprefix("http://").rsplit(":", 1)
+    with trio.fail_after(BOUND):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(head + frame)
+            received = b""
+            while b'"early"' not in received:
+                chunk = await stream.receive_some(65536)
+                assert chunk, received
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 101")
+    assert b'"type":8' in received  # AuthSuccess for the frame that came with the head
