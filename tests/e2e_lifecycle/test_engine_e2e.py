@@ -281,3 +281,74 @@ async def test_engine_frame_sent_with_the_handshake_is_not_lost(server: RunningS
                 received += chunk
     assert received.startswith(b"HTTP/1.1 101")
     assert b'"type":8' in received  # AuthSuccess for the frame that came with the head
+
+
+async def test_engine_fragmented_message_is_assembled(server: RunningServer) -> None:
+    message = orjson.dumps(
+        {"type": 1, "payload": {"client_time": "x" * 300}, "correlation_id": "f"}
+    )
+    with trio.fail_after(BOUND):
+        async with open_raw_client(server.url) as client:
+            client.protocol.send_text(message[:100], fin=False)
+            client.protocol.send_continuation(message[100:200], fin=False)
+            client.protocol.send_continuation(message[200:], fin=True)
+            await client._flush()
+            ack = await client.next_message()
+    assert ack is not None
+    assert (ack["type"], ack["correlation_id"]) == (MessageType.HEARTBEAT_ACK, "f")
+
+
+async def test_engine_oversize_across_fragments_closes_1009(
+    server_factory: ServerFactory,
+) -> None:
+    server = await server_factory(max_message_bytes=1000)
+    with trio.fail_after(BOUND):
+        async with open_raw_client(server.url) as client:
+            # 3 x 400 bytes: each frame fits, the message does not.
+            client.protocol.send_text(b"x" * 400, fin=False)
+            client.protocol.send_continuation(b"x" * 400, fin=False)
+            client.protocol.send_continuation(b"x" * 400, fin=True)
+            await client._flush()
+            assert await client.wait_closed() == CloseCode.MESSAGE_TOO_BIG
+
+
+async def test_engine_binary_json_message_is_accepted(server: RunningServer) -> None:
+    with trio.fail_after(BOUND):
+        async with open_raw_client(server.url) as client:
+            client.protocol.send_binary(orjson.dumps({"type": 1, "correlation_id": "b"}))
+            await client._flush()
+            ack = await client.next_message()
+    assert ack is not None
+    assert ack["correlation_id"] == "b"
+
+
+async def test_engine_invalid_utf8_text_closes_1007(server: RunningServer) -> None:
+    with trio.fail_after(BOUND):
+        async with open_raw_client(server.url) as client:
+            (connection,) = server.app.connections.values()
+            client.protocol.send_text(b'{"type":1,"correlation_id":"\xff"}')
+            await client._flush()
+            assert await client.wait_closed() == 1007
+        await server.app.wait_no_connections()
+    assert connection.close_code == 1007
+
+
+async def test_engine_answers_the_clients_ping(server: RunningServer) -> None:
+    with trio.fail_after(BOUND):
+        async with open_raw_client(server.url) as client:
+            client.protocol.send_ping(b"are you there")
+            await client._flush()
+            frame = await client.next_frame()
+    assert frame is not None
+    assert (frame.opcode.name, frame.data) == ("PONG", b"are you there")
+
+
+async def test_engine_close_without_a_code_is_recorded_as_1005(server: RunningServer) -> None:
+    with trio.fail_after(BOUND):
+        async with open_raw_client(server.url) as client:
+            (connection,) = server.app.connections.values()
+            client.protocol.send_close()
+            await client._flush()
+            await client.wait_closed()
+        await server.app.wait_no_connections()
+    assert (connection.peer_close_code, connection.close_code) == (1005, None)
