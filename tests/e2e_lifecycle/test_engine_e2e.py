@@ -352,3 +352,41 @@ async def test_engine_close_without_a_code_is_recorded_as_1005(server: RunningSe
             await client.wait_closed()
         await server.app.wait_no_connections()
     assert (connection.peer_close_code, connection.close_code) == (1005, None)
+
+
+async def test_engine_large_snapshot_goes_out_whole_through_partial_writes(
+    server: RunningServer,
+) -> None:
+    big = "y" * 300_000
+    with trio.fail_after(BOUND):
+        async with open_client(server.url, token=server.token(device="w")) as writer:
+            for key in ("a", "b", "c"):
+                await writer.update(key, big)
+        async with open_client(server.url, token=server.token(device="r")) as reader:
+            snapshot = await reader.snapshot()  # ~900 KB in one frame
+    assert snapshot["state_data"] == {"a": big, "b": big, "c": big}
+
+
+async def test_engine_upgrade_on_a_kept_alive_http_connection_is_refused_400(
+    server: RunningServer,
+) -> None:
+    host, port = server.http.removeprefix("http://").rsplit(":", 1)
+    upgrade = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with trio.fail_after(BOUND):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = b""
+            while b'"alive"' not in first:
+                first += await stream.receive_some(65536)
+            await stream.send_all(upgrade)
+            second = b""
+            while b"new HTTP/1.1 connection" not in second:
+                chunk = await stream.receive_some(65536)
+                assert chunk, second
+                second += chunk
+    assert first.startswith(b"HTTP/1.1 200")
+    assert second.startswith(b"HTTP/1.1 400")
