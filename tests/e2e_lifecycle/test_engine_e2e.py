@@ -390,3 +390,16 @@ async def test_engine_upgrade_on_a_kept_alive_http_connection_is_refused_400(
                 second += chunk
     assert first.startswith(b"HTTP/1.1 200")
     assert second.startswith(b"HTTP/1.1 400")
+
+
+async def test_engine_h2c_prior_knowledge_served_when_configured(
+    server_factory: ServerFactory,
+) -> None:
+    import httpx
+
+    server = await server_factory(http2_cleartext=True)
+    with trio.fail_after(BOUND):
+        async with httpx.AsyncClient(http1=False, http2=True) as client:
+            response = await client.get(f"{server.http}/health/live")
+    assert response.http_version == "HTTP/2"
+    assert response.json() == {"status": "alive"}
