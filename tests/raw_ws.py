@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import orjson
 import trio
 from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
@@ -35,6 +36,7 @@ class RawClient:
         self.close_code: int | None = None
         self.close_reason = ""
         self._frames: collections.deque[Frame] = collections.deque()
+        self.response: Response | None = None
 
     async def _flush(self) -> None:
         for data in self.protocol.data_to_send():
@@ -93,14 +95,20 @@ class RawClient:
 
 
 @asynccontextmanager
-async def open_raw_client(url: str, *, origin: str | None = None) -> AsyncIterator[RawClient]:
+async def open_raw_client(
+    url: str, *, origin: str | None = None, deflate: bool = False
+) -> AsyncIterator[RawClient]:
     """Connect to ``url`` and complete the handshake; the stream is closed on exit."""
     parts = urlsplit(url)
     assert parts.hostname is not None
     assert parts.port is not None
     stream = await trio.open_tcp_stream(parts.hostname, parts.port)
     async with stream:
-        protocol = ClientProtocol(parse_uri(url), origin=origin)  # type: ignore[arg-type]
+        protocol = ClientProtocol(
+            parse_uri(url),
+            origin=origin,  # type: ignore[arg-type]
+            extensions=[ClientPerMessageDeflateFactory()] if deflate else None,
+        )
         request = protocol.connect()
         protocol.send_request(request)
         client = RawClient(stream, protocol)
@@ -112,4 +120,5 @@ async def open_raw_client(url: str, *, origin: str | None = None) -> AsyncIterat
         response = protocol.events_received()[0]
         assert isinstance(response, Response), response
         assert response.status_code == 101, response
+        client.response = response
         yield client

@@ -403,3 +403,25 @@ async def test_engine_h2c_prior_knowledge_served_when_configured(
             response = await client.get(f"{server.http}/health/live")
     assert response.http_version == "HTTP/2"
     assert response.json() == {"status": "alive"}
+
+
+@pytest.mark.parametrize("configured", [False, True])
+async def test_engine_permessage_deflate_only_when_configured(
+    server_factory: ServerFactory, configured: bool
+) -> None:
+    server = await server_factory(ws_deflate=configured)
+    big = "z" * 20_000  # compresses well: the frames on the wire are small when on
+    with trio.fail_after(BOUND):
+        async with open_raw_client(server.url, deflate=True) as client:
+            assert client.response is not None
+            offered = client.response.headers.get("Sec-WebSocket-Extensions")
+            await auth(client, server.token())
+            await client.send_json(
+                {"type": 5, "payload": {"key": "k", "value": big}, "correlation_id": "u"}
+            )
+            ack = await client.next_message()
+    assert (offered is not None) is configured
+    if configured:
+        assert offered.startswith("permessage-deflate")
+    assert ack is not None
+    assert ack["payload"]["value"] == big
