@@ -238,30 +238,27 @@ class SyncBridgeApp:
         settings = self.settings
         host = address[0]
         peer = f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
-        opened = None
+        websocket = None
         try:
             with trio.move_on_after(settings.handshake_timeout):
-                opened = await open_websocket(
+                websocket = await open_websocket(
                     sock,
                     head,
-                    peer=peer,
                     max_message_bytes=settings.max_message_bytes,
                     deflate=settings.ws_deflate,
                     admit=partial(self.admit, address=host),
                 )
         finally:
-            if opened is None:
+            if websocket is None:
                 trio.lowlevel.notify_closing(sock)
                 sock.close()
-        if opened is None:
+        if websocket is None:
             return None
-        # The request (headers and all) is not kept: an idle socket should cost
-        # only what it needs.
         return Connection(
             key=next(self._keys),
             service=self.service,
             settings=settings,
-            transport=opened[0],
+            transport=websocket,
             client=peer,
         )
 

@@ -10,11 +10,8 @@ __all__ = ["Transport"]
 class Transport(Protocol):
     """One open WebSocket (see :class:`syncbridge.ws.socket.WebSocket`)."""
 
-    peer: str
     #: trio time of the last frame received (any frame is a sign of life).
     last_activity: float
-    #: Round trip of the last answered ping, in seconds.
-    latency: float | None
     #: The peer's close code once its close frame arrived.
     peer_close_code: int | None
     peer_close_reason: str
@@ -46,7 +43,7 @@ class Transport(Protocol):
         ...
 
     def send_ping(self) -> None:
-        """Send a ping; its pong sets :attr:`latency`."""
+        """Send a ping (its pong is a sign of life, like any frame)."""
         ...
 
     def send_close(self, code: int, reason: str) -> None:

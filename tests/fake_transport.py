@@ -54,9 +54,7 @@ class FakeWebSocket:
     def __init__(self) -> None:
         self._inbound_send, self._inbound = trio.open_memory_channel[Any](math.inf)
         self._outbound_send, self._outbound = trio.open_memory_channel[dict[str, Any]](math.inf)
-        self.peer = "fake:1"
         self.last_activity = trio.current_time()
-        self.latency: float | None = None
         self.peer_close_code: int | None = None
         self.peer_close_reason = ""
         self.queued_bytes = 0
@@ -106,7 +104,6 @@ class FakeWebSocket:
             self.pings.append(trio.current_time())
             if self.answers_pings:
                 self.last_activity = trio.current_time()
-                self.latency = 0.0
 
     def send_close(self, code: int, reason: str) -> None:
         if self.open:

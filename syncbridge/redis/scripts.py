@@ -19,6 +19,29 @@ __all__ = [
     "SNAPSHOT",
 ]
 
+# Shared by APPLY and APPLY_MANY: append ``record`` to the history, then drop the
+# oldest records while it holds more than ``keep`` of them or ``max_hbytes`` bytes
+# (the running sum is kept in meta), and refresh the six keys' TTL. Expects the
+# locals record, history, meta, keep, max_hbytes and ttl.
+_APPEND_HISTORY: Final = """local hbytes = redis.call('HGET', meta, 'history_bytes')
+if not hbytes then
+  -- A history kept before it was measured in bytes may be huge: drop it once
+  -- (resumes from before it get a snapshot) rather than measure it here;
+  -- UNLINK frees its memory off Redis's main thread.
+  redis.call('UNLINK', history)
+  hbytes = 0
+end
+redis.call('RPUSH', history, record)
+hbytes = tonumber(hbytes) + #record
+local kept = redis.call('LLEN', history)
+while kept > 0 and (kept > keep or hbytes > max_hbytes) do
+  hbytes = hbytes - #redis.call('LPOP', history)
+  kept = kept - 1
+end
+redis.call('HSET', meta, 'history_bytes', hbytes)
+for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ttl) end
+"""
+
 #: KEYS: state, meta, history, snapshots, snapshot states, snapshot ids.
 #: ARGV: field, op (SET|DELETE), value JSON, now (s), ttl (ms), history size,
 #:       max bytes, max keys, channel, envelope tail JSON, origin header,
@@ -30,7 +53,8 @@ __all__ = [
 #: len(key) + len(JSON value). The history is bounded like the memory store's:
 #: at most `history size` records and `history max bytes` bytes of them, oldest
 #: dropped first; meta's `history_bytes` keeps the sum so nothing is re-measured.
-APPLY: Final = """
+APPLY: Final = (
+    """
 local state, meta, history = KEYS[1], KEYS[2], KEYS[3]
 local field, op, value = ARGV[1], ARGV[2], ARGV[3]
 local now = ARGV[4]
@@ -66,31 +90,17 @@ local key_json = cjson.encode(field)
 local record = '{"version":' .. version .. ',"key":' .. key_json .. ',"value":' .. value ..
   ',"operation":"' .. op .. '","at":' .. now .. ',"user_id":' .. cjson.encode(ARGV[12]) ..
   ',"device_id":' .. cjson.encode(ARGV[13]) .. '}'
-local hbytes = redis.call('HGET', meta, 'history_bytes')
-if not hbytes then
-  -- A history kept before it was measured in bytes may be huge: drop it once
-  -- (resumes from before it get a snapshot) rather than measure it here;
-  -- UNLINK frees its memory off Redis's main thread.
-  redis.call('UNLINK', history)
-  hbytes = 0
-end
-redis.call('RPUSH', history, record)
-hbytes = tonumber(hbytes) + #record
 local keep, max_hbytes = tonumber(ARGV[6]), tonumber(ARGV[15])
-local kept = redis.call('LLEN', history)
-while kept > 0 and (kept > keep or hbytes > max_hbytes) do
-  hbytes = hbytes - #redis.call('LPOP', history)
-  kept = kept - 1
-end
-redis.call('HSET', meta, 'history_bytes', hbytes)
-for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ttl) end
-local frame = '{"type":5,"timestamp":' .. now .. ',"payload":{"key":' .. key_json ..
+"""
+    + _APPEND_HISTORY
+    + """local frame = '{"type":5,"timestamp":' .. now .. ',"payload":{"key":' .. key_json ..
   ',"value":' .. value .. ',"operation":"' .. op .. '","version":' .. version .. '}' .. ARGV[10]
 -- The routing header (ARGV[11], a JSON array and a newline) gains the version, so
 -- the writer's relay can place the writer's ack at this version's turn.
 redis.call(ARGV[14], ARGV[9], string.sub(ARGV[11], 1, -3) .. ',' .. version .. ']\\n' .. frame)
 return {'OK', version, redis.call('HGET', meta, 'created_at')}
 """
+)
 
 #: KEYS: state, meta, history, snapshots, snapshot states, snapshot ids.
 #: ARGV: now (s), ttl (ms), history size, max bytes, max keys, channel,
@@ -101,7 +111,8 @@ return {'OK', version, redis.call('HGET', meta, 'created_at')}
 #: the edits ({"version", "changes": [...], ...}); one StateUpdate frame per edit
 #: is published, each carrying the new version, in the order given.
 #: Returns {"OK", version} or {error code, detail} like APPLY.
-APPLY_MANY: Final = """
+APPLY_MANY: Final = (
+    """
 local state, meta, history = KEYS[1], KEYS[2], KEYS[3]
 local now, ttl = ARGV[1], tonumber(ARGV[2])
 local current = tonumber(redis.call('HGET', meta, 'version') or '0')
@@ -144,24 +155,13 @@ redis.call('HSETNX', meta, 'created_at', now)
 local record = '{"version":' .. version .. ',"changes":[' .. table.concat(entries, ',') ..
   '],"at":' .. now .. ',"user_id":' .. cjson.encode(ARGV[9]) ..
   ',"device_id":' .. cjson.encode(ARGV[10]) .. '}'
-local hbytes = redis.call('HGET', meta, 'history_bytes')
-if not hbytes then
-  redis.call('UNLINK', history)
-  hbytes = 0
-end
-redis.call('RPUSH', history, record)
-hbytes = tonumber(hbytes) + #record
 local keep, max_hbytes = tonumber(ARGV[3]), tonumber(ARGV[12])
-local kept = redis.call('LLEN', history)
-while kept > 0 and (kept > keep or hbytes > max_hbytes) do
-  hbytes = hbytes - #redis.call('LPOP', history)
-  kept = kept - 1
-end
-redis.call('HSET', meta, 'history_bytes', hbytes)
-for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ttl) end
-for _, frame in ipairs(frames) do redis.call(ARGV[11], ARGV[6], ARGV[8] .. frame) end
+"""
+    + _APPEND_HISTORY
+    + """for _, frame in ipairs(frames) do redis.call(ARGV[11], ARGV[6], ARGV[8] .. frame) end
 return {'OK', version}
 """
+)
 
 #: KEYS: state, meta, history, snapshots, snapshot states, snapshot ids.
 #: ARGV: id, label JSON, now (s), user JSON, device JSON, keep, ttl (ms).

@@ -11,7 +11,7 @@ from __future__ import annotations
 import email.utils
 import http
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import orjson
 from websockets.datastructures import Headers
@@ -29,12 +29,12 @@ Refusal = tuple[int, str]
 Admit = Callable[[Request], Refusal | None]
 
 
-def refusal_response(
-    status: int, message: str, headers: Sequence[tuple[str, str]] = ()
-) -> Response:
-    """A handshake refusal with a JSON body ``{"error": message}``."""
+def refusal_response(status: int, message: str) -> Response:
+    """A handshake refusal with a JSON body ``{"error": message}``; a transient one
+    (429, 503) says when to retry."""
     body = orjson.dumps({"error": message})
     status_ = http.HTTPStatus(status)
+    retry = [("Retry-After", "1")] if status in (429, 503) else []
     return Response(
         status_.value,
         status_.phrase,
@@ -44,7 +44,7 @@ def refusal_response(
                 ("Connection", "close"),
                 ("Content-Type", "application/json"),
                 ("Content-Length", str(len(body))),
-                *headers,
+                *retry,
             ]
         ),
         body,
@@ -55,11 +55,10 @@ async def open_websocket(
     sock: socket.socket,
     head: bytes,
     *,
-    peer: str,
     max_message_bytes: int,
     deflate: bool,
     admit: Admit,
-) -> tuple[WebSocket, Request] | None:
+) -> WebSocket | None:
     """Answer the handshake in ``head`` on ``sock``; the open WebSocket, or None when
     the request was refused or invalid (the answer has been written; close the socket).
 
@@ -74,27 +73,20 @@ async def open_websocket(
     request = events[0] if events and isinstance(events[0], Request) else None
     if request is not None:
         refusal = admit(request)
-        if refusal is None:
-            response = protocol.accept(request)
-        else:
-            response = refusal_response(*refusal)
-            if refusal[0] in (429, 503):
-                response.headers["Retry-After"] = "1"
+        response = protocol.accept(request) if refusal is None else refusal_response(*refusal)
         protocol.send_response(response)
         accepted = response.status_code == 101
     else:
         accepted = False  # the protocol queued its own 4xx (or nothing) for a bad request
     if accepted and head.endswith(b"\r\n\r\n") and head.count(b"\r\n\r\n") == 1:
         _forget_request(protocol)
-    websocket = WebSocket(sock, protocol, peer=peer)
+    websocket = WebSocket(sock, protocol)
     # Frames that came in the same read as the head (a client that did not wait
     # for the 101) were parsed already: they are the socket's first messages.
     websocket.queue_events(events[1:])
     websocket.flush_protocol()  # the response (and, when refused, end of stream)
     await websocket.wait_flushed()
-    if not accepted or request is None:
-        return None
-    return websocket, request
+    return websocket if accepted else None
 
 
 def _forget_request(protocol: ServerProtocol) -> None:

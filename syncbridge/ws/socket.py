@@ -15,14 +15,13 @@ and the socket, trio-style:
   header announces more than ``max_message_bytes`` (across fragments) before
   its payload is read, so an oversize message is never buffered; it answers
   1009 itself.
-- Pings from the peer are answered by the protocol; every frame received moves
-  :attr:`last_activity`, and pongs are timed (:attr:`latency`).
+- Pings from the peer are answered by the protocol; every frame received (pongs
+  included) moves :attr:`last_activity`, which is what liveness reads.
 """
 
 from __future__ import annotations
 
 import socket
-import struct
 from collections.abc import Sequence
 from typing import Final
 
@@ -49,8 +48,6 @@ class WebSocket:
         "_events",
         "_fragment_text",
         "_fragments",
-        "_ping_counter",
-        "_ping_sent_at",
         "_protocol",
         "_queue",
         "_released",
@@ -58,15 +55,12 @@ class WebSocket:
         "_sock",
         "_wake_writer",
         "last_activity",
-        "latency",
-        "peer",
         "peer_close_code",
         "peer_close_reason",
         "queued_bytes",
     )
 
-    def __init__(self, sock: socket.socket, protocol: ServerProtocol, *, peer: str) -> None:
-        self.peer = peer
+    def __init__(self, sock: socket.socket, protocol: ServerProtocol) -> None:
         self._sock = sock
         self._protocol = protocol
         # Lists, not deques: an empty deque costs ~600 bytes, times every idle socket.
@@ -80,12 +74,8 @@ class WebSocket:
         self._events: list[object] = []
         self._fragments: list[bytes] = []
         self._fragment_text = False
-        self._ping_sent_at: dict[bytes, float] = {}
-        self._ping_counter = 0
         #: trio time of the last frame (or byte) received from the peer.
         self.last_activity = trio.current_time()
-        #: Round trip of the last answered ping, in seconds.
-        self.latency: float | None = None
         #: Set once the peer's close frame arrived: its code (1005 when it gave none).
         self.peer_close_code: int | None = None
         self.peer_close_reason = ""
@@ -132,15 +122,10 @@ class WebSocket:
             self._write(Frame(Opcode.TEXT, payload).serialize(mask=False))
 
     def send_ping(self) -> None:
-        """Send a ping; its pong sets :attr:`latency`."""
+        """Send a ping (its pong is a sign of life, like any frame)."""
         if not self.open:
             return
-        self._ping_counter += 1
-        payload = struct.pack("!I", self._ping_counter & 0xFFFFFFFF)
-        self._ping_sent_at[payload] = trio.current_time()
-        if len(self._ping_sent_at) > 16:  # unanswered pings: keep the newest few
-            del self._ping_sent_at[next(iter(self._ping_sent_at))]
-        self._protocol.send_ping(payload)
+        self._protocol.send_ping(b"")
         self.flush_protocol()
 
     def send_close(self, code: int, reason: str) -> None:
@@ -327,11 +312,7 @@ class WebSocket:
             data = b"".join(self._fragments)
             self._fragments = []
             return self._message(data, self._fragment_text)
-        if opcode is Opcode.PONG:
-            sent_at = self._ping_sent_at.pop(data, None)
-            if sent_at is not None:
-                self.latency = trio.current_time() - sent_at
-        elif opcode is Opcode.CLOSE:
+        if opcode is Opcode.CLOSE:
             received = self._protocol.close_rcvd
             self.peer_close_code = 1005 if received is None else int(received.code)
             self.peer_close_reason = "" if received is None else received.reason
